@@ -1,0 +1,111 @@
+"""What every gradwatch LightningModule shares: shapes read from the DataModule, lazy building, optimizers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from typing_extensions import override
+
+from gradwatch.errors import ConfigError
+
+
+def check_positive(owner: str, **values: int | float) -> None:
+    """Raise :class:`ConfigError` for the first value that is not ``>= 1``."""
+    for param, value in values.items():
+        if value < 1:
+            raise ConfigError(f"{owner}: {param} must be >= 1, got {value}", param=param)
+
+
+def check_probability(owner: str, **values: float) -> None:
+    """Raise :class:`ConfigError` for the first value outside ``[0, 1)``."""
+    for param, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{owner}: {param} must be in [0, 1), got {value}", param=param)
+
+
+class GradwatchModule(pl.LightningModule):
+    """Base of :class:`~gradwatch.CNN`, :class:`~gradwatch.RNN` and :class:`~gradwatch.GAN`.
+
+    Shapes (channels, classes, sizes) may be left ``None``: :meth:`setup` reads them from the DataModule and
+    writes them into ``hparams``, so checkpoints carry them. Networks are built by :meth:`build` (called from
+    ``__init__`` when every shape is known, else from ``configure_model``), which subclasses implement from
+    their overridable ``build_*`` methods.
+
+    Subclasses declare which shapes they read: ``data_shapes`` maps an argument name to
+    ``(DataModule attribute, transform)``; ``data_kind`` names what the DataModule must provide.
+    """
+
+    data_shapes: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+    data_kind: str = ""
+
+    def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None):
+        super().__init__()
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self._built = False
+
+    def shapes_known(self) -> bool:
+        """Whether every shape argument has a value."""
+        return all(self.hparams.get(param) is not None for param in self.data_shapes)
+
+    def build(self) -> None:
+        """Create the networks and metrics from ``hparams``. Called once."""
+        raise NotImplementedError
+
+    def _build_once(self) -> None:
+        if not self._built:
+            self.build()
+            self._built = True
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Read unknown shapes from the DataModule and check the given ones against it."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for param, (attr, transform) in self.data_shapes.items():
+            self.hparams[param] = self._shape_from_data(param, datamodule, attr, transform)
+
+    @override
+    def configure_model(self) -> None:
+        self._build_once()
+
+    def _shape_from_data(
+        self, param: str, datamodule: pl.LightningDataModule | None, attr: str, transform: Callable[[Any], Any]
+    ) -> Any:
+        name = type(self).__name__
+        given = self.hparams.get(param)
+        if datamodule is not None and not hasattr(datamodule, attr):
+            raise ConfigError(
+                f"{name} needs {self.data_kind}, and {type(datamodule).__name__} provides none (it has no `{attr}`)",
+                param=param,
+            )
+        found = getattr(datamodule, attr, None)
+        found = transform(found) if found is not None else None
+        if given is not None and found is not None and given != found:
+            raise ConfigError(
+                f"{name}({param}={given!r}) contradicts {type(datamodule).__name__}, whose data has {param}={found!r};"
+                f" leave {param} unset to take it from the data",
+                param=param,
+            )
+        if given is None and found is None:
+            raise ConfigError(
+                f"{name}: {param} is unknown; pass it, or fit with a DataModule that defines `{attr}`", param=param
+            )
+        return given if given is not None else found
+
+    def make_optimizer(self, optimizer: OptimizerCallable, params: Any) -> Any:
+        """The optimizer, with the scheduler when one is configured, in Lightning's return format."""
+        opt = optimizer(params)
+        if self.lr_scheduler is None:
+            return opt
+        scheduler = self.lr_scheduler(opt)
+        # Plateau schedulers step on a metric; the validation loss is the one every supervised model logs.
+        monitor = {"monitor": "val/loss"} if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else {}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **monitor}}
+
+    @override
+    def configure_optimizers(self) -> Any:
+        return self.make_optimizer(self.optimizer, self.parameters())

@@ -1,0 +1,86 @@
+"""Shared training, validation and test steps of the supervised models (CNN, RNN)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from gradwatch.models.base import GradwatchModule
+
+Task = Literal["classification", "regression"]
+Stage = Literal["train", "val", "test"]
+STAGES: tuple[Stage, ...] = ("train", "val", "test")
+
+
+class SupervisedModule(GradwatchModule):
+    """A backbone, a head and a loss; logs ``<stage>/loss`` and, for classification, ``<stage>/acc``.
+
+    Override points (the subclassing contract):
+
+    - :meth:`build_backbone` returns a module mapping inputs to features, with a ``num_features`` attribute.
+    - :meth:`build_head` maps those features to outputs.
+    - :meth:`compute_loss` turns outputs and targets into the training loss.
+    """
+
+    task: Task = "classification"
+
+    def build_backbone(self) -> nn.Module:
+        """The feature extractor; it must expose ``num_features``."""
+        raise NotImplementedError
+
+    def build_head(self, num_features: int) -> nn.Module:
+        """The output layer on ``num_features`` features."""
+        raise NotImplementedError
+
+    def init_networks(self) -> None:
+        """Apply the model's ``init`` scheme; called right after the networks are built."""
+
+    @property
+    def num_outputs(self) -> int:
+        """Classes (classification) or targets (regression) the head predicts."""
+        raise NotImplementedError
+
+    @override
+    def build(self) -> None:
+        self.backbone = self.build_backbone()
+        self.head = self.build_head(self.backbone.num_features)
+        self.init_networks()
+        if self.task == "classification":
+            # Keys get a suffix: a ModuleDict key "train" would shadow ``nn.Module.train``.
+            self.accuracy = nn.ModuleDict(
+                {f"{stage}_acc": MulticlassAccuracy(num_classes=self.num_outputs, average="micro") for stage in STAGES}
+            )
+
+    def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for classification, mean squared error for regression."""
+        if self.task == "classification":
+            return F.cross_entropy(outputs, targets)
+        return F.mse_loss(outputs, targets.view_as(outputs))
+
+    def _step(self, batch: Any, stage: Stage) -> torch.Tensor:
+        x, y = batch
+        outputs = self(x)
+        loss = self.compute_loss(outputs, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=stage != "train")
+        if self.task == "classification":
+            accuracy = self.accuracy[f"{stage}_acc"]
+            accuracy(outputs.detach(), y)
+            self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
+        return loss
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
