@@ -16,6 +16,7 @@ class ConfigError(ValueError):
     Args:
         message: What is wrong, the bad value and the valid choices.
         param: The argument that carried the bad value, if one did.
+
     """
 
     def __init__(self, message: str, *, param: str | None = None) -> None:

@@ -31,6 +31,7 @@ def get_act_layer(activation: LayerType, *, param: str | None = "activation") ->
 
     Raises:
         ConfigError: unknown name; the message lists the registered ones.
+
     """
     return ACTIVATIONS.get(activation, param=param)
 

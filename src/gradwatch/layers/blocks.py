@@ -38,6 +38,7 @@ class ConvBlock(nn.Module):
         residual: Add the (projected) input to the output.
         dropout: Dropout probability after the activation.
         weight_norm: Applied to every convolution (``spectral_norm`` for a GAN discriminator).
+
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class RecurrentBlock(nn.Module):
     Raises:
         ConfigError: unknown cell or norm; an activation other than tanh for a gated cell (LSTM and GRU fix
             their own non-linearities).
+
     """
 
     def __init__(
@@ -143,7 +145,7 @@ class RecurrentBlock(nn.Module):
         if norm not in RECURRENT_NORMS:
             raise ConfigError(
                 unknown_choice("norm for recurrent layers", norm, RECURRENT_NORMS)
-                + "; batch, group and instance norms need spatial axes a sequence does not have",
+                + " (between recurrent layers only per-step norms apply: batch statistics would mix time steps)",
                 param="norm",
             )
         if cell != "rnn" and act_layer is not nn.Tanh:
@@ -197,6 +199,7 @@ class RecurrentStack(nn.Module):
         hidden_size: Hidden units per direction.
         depth: Number of stacked layers.
         **block_kwargs: Passed to every :class:`RecurrentBlock` (cell, act_layer, norm, residual, ...).
+
     """
 
     def __init__(self, input_size: int, hidden_size: int, depth: int, **block_kwargs: object) -> None:

@@ -56,6 +56,7 @@ def init_weights(module: nn.Module, init: str | InitFn, *, gain: float = 1.0, pa
 
     Raises:
         ConfigError: unknown scheme name; the message lists the registered ones.
+
     """
     if init == "default":
         return

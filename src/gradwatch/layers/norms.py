@@ -23,7 +23,9 @@ class GroupNorm2d(nn.GroupNorm):
     """Group norm with as many groups as fit, up to 32, of at least 4 channels each (Wu & He's defaults)."""
 
     def __init__(self, num_channels: int) -> None:
-        groups = next(g for g in (32, 16, 8, 4, 2, 1) if num_channels % g == 0 and num_channels // g >= min(4, num_channels))
+        groups = next(
+            g for g in (32, 16, 8, 4, 2, 1) if num_channels % g == 0 and num_channels // g >= min(4, num_channels)
+        )
         super().__init__(num_groups=groups, num_channels=num_channels)
 
 
@@ -54,6 +56,7 @@ def get_norm_layer(norm: LayerType, *, param: str | None = "norm") -> type[nn.Mo
 
     Raises:
         ConfigError: unknown name; the message lists the registered ones.
+
     """
     return NORMS.get(norm, param=param)
 

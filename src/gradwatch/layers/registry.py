@@ -21,6 +21,7 @@ class Registry(Generic[T]):
 
         >>> ACTIVATIONS.get("relu")
         <class 'torch.nn.modules.activation.ReLU'>
+
     """
 
     def __init__(self, kind: str, entries: dict[str, T]) -> None:
@@ -34,6 +35,7 @@ class Registry(Generic[T]):
 
         Raises:
             ValueError: ``name`` is already registered.
+
         """
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
@@ -49,6 +51,7 @@ class Registry(Generic[T]):
 
         Raises:
             ConfigError: ``value`` is a string that names nothing registered (the message lists what is).
+
         """
         if not isinstance(value, str):
             if not callable(value):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 from torch import nn
 
 #: A layer given by registry name, by class, or by any callable that returns a module (``functools.partial``).
-LayerType = Union[str, Callable[..., nn.Module], type[nn.Module]]
+LayerType = str | Callable[..., nn.Module] | type[nn.Module]

@@ -42,7 +42,9 @@ class GradwatchModule(pl.LightningModule):
     data_shapes: dict[str, tuple[str, Callable[[Any], Any]]] = {}
     data_kind: str = ""
 
-    def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None):
+    def __init__(
+        self, optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None
+    ):
         super().__init__()
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -61,12 +63,22 @@ class GradwatchModule(pl.LightningModule):
             self.build()
             self._built = True
 
-    @override
-    def setup(self, stage: str) -> None:
-        """Read unknown shapes from the DataModule and check the given ones against it."""
-        datamodule = getattr(self.trainer, "datamodule", None)
+    def check_data(self, datamodule: pl.LightningDataModule | None) -> None:
+        """Read unknown shapes from ``datamodule`` and check the given ones against it.
+
+        ``setup`` calls this; the CLI calls it before the Trainer starts, so a mismatch fails before any logger
+        creates a run.
+
+        Raises:
+            ConfigError: a given shape contradicts the data, the DataModule provides the wrong kind of data, or a
+                shape is neither given nor provided.
+        """
         for param, (attr, transform) in self.data_shapes.items():
             self.hparams[param] = self._shape_from_data(param, datamodule, attr, transform)
+
+    @override
+    def setup(self, stage: str) -> None:
+        self.check_data(getattr(self.trainer, "datamodule", None))
 
     @override
     def configure_model(self) -> None:

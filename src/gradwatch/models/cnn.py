@@ -71,7 +71,9 @@ class TorchvisionBackbone(nn.Module):
         try:
             self.model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
         except Exception as err:  # a download needs the network; say which weights and why it failed
-            raise ConfigError(f"could not load pretrained weights for backbone {name!r}: {err}", param="pretrained") from err
+            raise ConfigError(
+                f"could not load pretrained weights for backbone {name!r}: {err}", param="pretrained"
+            ) from err
         parent, attr, linear = _last_linear(self.model)
         if linear is None:
             raise ConfigError(f"backbone {name!r} has no linear classifier to replace", param="backbone")
@@ -130,6 +132,7 @@ class CNN(SupervisedModule):
         >>> model = CNN(depth=8, activation="tanh", norm="batch", residual=True, num_classes=10, in_channels=1)
         >>> model(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 10])
+
     """
 
     data_shapes = {"num_classes": ("num_classes", int), "in_channels": ("dims", lambda dims: int(dims[0]))}
@@ -158,7 +161,10 @@ class CNN(SupervisedModule):
         check_positive("CNN", depth=depth, width=width, stages=stages)
         check_probability("CNN", dropout=dropout)
         if freeze_backbone_epochs < 0:
-            raise ConfigError(f"CNN: freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}", param="freeze_backbone_epochs")
+            raise ConfigError(
+                f"CNN: freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}",
+                param="freeze_backbone_epochs",
+            )
         self.act_layer = get_act_layer(activation)
         self.norm_layer = get_norm_layer(norm)
         INITS.get(init, param="init")

@@ -1,0 +1,35 @@
+# Two entry points (README's Quick start): `make demo` and `make test`. Both set the project up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# W&B runs offline unless the caller says otherwise; albumentations must not look for updates online.
+export WANDB_MODE ?= offline
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/gradwatch fit --model CNN --data DigitsDataModule --model.depth 8 --model.residual true \
+		--trainer.max_epochs 5 --trainer.enable_progress_bar false
+
+test: setup lint
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: setup
+	$(BIN)/python bench/lightning_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,141 @@
+"""The ``gradwatch`` command: ``fit`` / ``validate`` / ``test`` / ``predict`` through LightningCLI."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from typing_extensions import override
+
+from gradwatch.errors import ConfigError
+
+DEFAULT_ROOT_DIR = "runs"
+
+
+class GradwatchCLI(LightningCLI):
+    """LightningCLI with gradwatch's models and DataModules selectable by name and its default loggers.
+
+    ``--trainer.logger`` left unset means gradwatch's loggers (:func:`gradwatch.loggers.default_loggers`): a
+    CSV file and a W&B run, both under ``<default_root_dir>/<run id>/``. ``--trainer.logger false`` turns
+    logging off; any logger given explicitly replaces them.
+    """
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        # Importing the packages registers their classes, so `--model CNN` and `--data DigitsDataModule` resolve.
+        import gradwatch.data  # noqa: F401
+        import gradwatch.models  # noqa: F401
+
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            # Small datasets have few batches per epoch; Lightning's default of 50 would log no training step.
+            trainer_defaults={"default_root_dir": DEFAULT_ROOT_DIR, "log_every_n_steps": 10},
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+        )
+
+    @override
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        if config.get("logger") in (None, True):
+            from gradwatch.loggers import default_loggers
+
+            config["logger"] = default_loggers(config.get("default_root_dir") or DEFAULT_ROOT_DIR)
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _check_data(self) -> None:
+        """Check the model against the data before the Trainer creates any run."""
+        from gradwatch.models.base import GradwatchModule
+
+        if isinstance(self.model, GradwatchModule):
+            self.model.check_data(self.datamodule)
+
+    def before_fit(self) -> None:
+        """Fail on a model / data mismatch before training."""
+        self._check_data()
+
+    def before_validate(self) -> None:
+        """Fail on a model / data mismatch before validating."""
+        self._check_data()
+
+    def before_test(self) -> None:
+        """Fail on a model / data mismatch before testing."""
+        self._check_data()
+
+    def _finish(self) -> None:
+        """Close the W&B run and say in one line where everything went."""
+        csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
+        wandb_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
+        parts = []
+        if csv is not None:
+            parts.append(f"metrics in {Path(csv.log_dir) / 'metrics.csv'}")
+        if wandb_logger is not None and self.trainer.is_global_zero:
+            import wandb
+
+            run = wandb_logger.experiment
+            offline = run.settings.mode in ("offline", "dryrun")
+            sync_dir = run.settings.sync_dir
+            wandb.finish()
+            parts.append(f"W&B offline run in {sync_dir} (upload: wandb sync {sync_dir})" if offline else f"W&B {run.url}")
+        if parts and self.trainer.is_global_zero:
+            print("gradwatch: " + "; ".join(parts), flush=True)
+
+    def after_fit(self) -> None:
+        """Report where the run went."""
+        self._finish()
+
+    def after_validate(self) -> None:
+        """Report where the run went."""
+        self._finish()
+
+    def after_test(self) -> None:
+        """Report where the run went."""
+        self._finish()
+
+
+def find_config_error(exc: BaseException | None) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``exc``; jsonargparse wraps errors raised while instantiating classes."""
+    while exc is not None and not isinstance(exc, ConfigError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def describe(err: ConfigError) -> str:
+    """One paragraph: the flag behind ``err`` (``--model.depth`` when a model raised it) and the message."""
+    if err.param is None:
+        return str(err)
+    section, tb = "", err.__traceback__
+    while tb is not None:  # the innermost gradwatch object on the stack tells model from data
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, LightningModule):
+            section = "model"
+        elif isinstance(owner, LightningDataModule):
+            section = "data"
+        tb = tb.tb_next
+    return f"--{section}.{err.param}: {err}" if section else f"{err.param}: {err}"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the ``gradwatch`` command; bad configuration exits with status 2 and one paragraph, no traceback."""
+    # albumentations checks online for a newer release at import; trials and offline machines must not wait.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        GradwatchCLI(args)
+    except Exception as exc:
+        err = find_config_error(exc)
+        if err is None:
+            raise
+        print(f"gradwatch: error: {describe(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
