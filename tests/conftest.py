@@ -14,10 +14,10 @@ os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 # two OpenMP pools spinning on the same cores slow small ops down a hundredfold. Subprocesses inherit this.
 os.environ["OMP_NUM_THREADS"] = "1"
 
-import lightning.pytorch as pl  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,16 @@ _EXPORTS = {
     "default_loggers": "gradwatch.loggers",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CNN",
+    "GAN",
+    "RNN",
+    "AddingProblemDataModule",
+    "ConfigError",
+    "DigitsDataModule",
+    "GradwatchModule",
+    "default_loggers",
+]
 
 if TYPE_CHECKING:
     from gradwatch.data import AddingProblemDataModule, DigitsDataModule

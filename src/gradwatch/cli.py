@@ -27,7 +27,7 @@ class GradwatchCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None) -> None:
         # Importing the packages registers their classes, so `--model CNN` and `--data DigitsDataModule` resolve.
-        import gradwatch.data  # noqa: F401
+        import gradwatch.data
         import gradwatch.models  # noqa: F401
 
         super().__init__(
@@ -84,7 +84,7 @@ class GradwatchCLI(LightningCLI):
             offline = run.settings.mode in ("offline", "dryrun")
             sync_dir = run.settings.sync_dir
             wandb.finish()
-            parts.append(f"W&B offline run in {sync_dir} (upload: wandb sync {sync_dir})" if offline else f"W&B {run.url}")
+            parts.append(f"W&B offline run in {sync_dir} (upload: wandb sync {sync_dir})" if offline else run.url)
         if parts and self.trainer.is_global_zero:
             print("gradwatch: " + "; ".join(parts), flush=True)
 

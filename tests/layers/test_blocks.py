@@ -44,7 +44,7 @@ def test_layer_names_do_not_depend_on_residual():
             ).named_parameters()
         }
         for residual in (False, True)
-    }  # noqa: E501
+    }
     assert names[False] == names[True] == {"conv.weight", "norm.weight", "norm.bias"}
 
 
@@ -80,7 +80,7 @@ def test_elman_rnn_matches_torch_rnn_with_tanh():
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize(
     ("cell", "activation"), [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "sigmoid"), ("lstm", "tanh"), ("gru", "tanh")]
-)  # noqa: E501
+)
 def test_recurrent_stack_shapes(cell, activation, residual, bidirectional):
     stack = RecurrentStack(
         2,

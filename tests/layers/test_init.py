@@ -72,7 +72,8 @@ def test_feature_norms_start_as_identity_scale(norm):
     with torch.no_grad():
         layer.weight.fill_(3.0)
     init_weights(layer, "kaiming")
-    assert torch.all(layer.weight == 1) and torch.all(layer.bias == 0)
+    assert torch.all(layer.weight == 1)
+    assert torch.all(layer.bias == 0)
 
 
 def test_user_scheme_by_name():
@@ -102,7 +103,7 @@ def test_unknown_scheme():
         (nn.Identity, 1.0),
         (nn.SELU, 0.75),
         (nn.GELU, math.sqrt(2)),
-    ],  # noqa: E501
+    ],
 )
 def test_activation_gain(layer, gain):
     assert activation_gain(layer) == pytest.approx(gain)

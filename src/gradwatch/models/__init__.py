@@ -2,7 +2,19 @@
 
 from gradwatch.models.base import GradwatchModule
 from gradwatch.models.cnn import CNN, ConvBackbone, TorchvisionBackbone
+from gradwatch.models.gan import GAN, Discriminator, GANAdam, Generator
 from gradwatch.models.rnn import RNN
 from gradwatch.models.supervised import SupervisedModule
 
-__all__ = ["CNN", "RNN", "ConvBackbone", "GradwatchModule", "SupervisedModule", "TorchvisionBackbone"]
+__all__ = [
+    "CNN",
+    "GAN",
+    "RNN",
+    "ConvBackbone",
+    "Discriminator",
+    "GANAdam",
+    "Generator",
+    "GradwatchModule",
+    "SupervisedModule",
+    "TorchvisionBackbone",
+]

@@ -6,8 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
 from gradwatch.errors import ConfigError
@@ -42,12 +40,8 @@ class GradwatchModule(pl.LightningModule):
     data_shapes: dict[str, tuple[str, Callable[[Any], Any]]] = {}
     data_kind: str = ""
 
-    def __init__(
-        self, optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None
-    ):
+    def __init__(self) -> None:
         super().__init__()
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
         self._built = False
 
     def shapes_known(self) -> bool:
@@ -107,17 +101,3 @@ class GradwatchModule(pl.LightningModule):
                 f"{name}: {param} is unknown; pass it, or fit with a DataModule that defines `{attr}`", param=param
             )
         return given if given is not None else found
-
-    def make_optimizer(self, optimizer: OptimizerCallable, params: Any) -> Any:
-        """The optimizer, with the scheduler when one is configured, in Lightning's return format."""
-        opt = optimizer(params)
-        if self.lr_scheduler is None:
-            return opt
-        scheduler = self.lr_scheduler(opt)
-        # Plateau schedulers step on a metric; the validation loss is the one every supervised model logs.
-        monitor = {"monitor": "val/loss"} if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else {}
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **monitor}}
-
-    @override
-    def configure_optimizers(self) -> Any:
-        return self.make_optimizer(self.optimizer, self.parameters())

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
@@ -28,6 +29,13 @@ class SupervisedModule(GradwatchModule):
     """
 
     task: Task = "classification"
+
+    def __init__(
+        self, optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None
+    ) -> None:
+        super().__init__()
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
 
     def build_backbone(self) -> nn.Module:
         """The feature extractor; it must expose ``num_features``."""
@@ -72,6 +80,17 @@ class SupervisedModule(GradwatchModule):
             accuracy(outputs.detach(), y)
             self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
         return loss
+
+    @override
+    def configure_optimizers(self) -> Any:
+        """The optimizer, with the scheduler when one is configured, in Lightning's return format."""
+        opt = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return opt
+        scheduler = self.lr_scheduler(opt)
+        # Plateau schedulers step on a metric; the validation loss is the one every supervised model logs.
+        monitor = {"monitor": "val/loss"} if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else {}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **monitor}}
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
