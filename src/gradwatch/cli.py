@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,9 @@ def main(args: list[str] | None = None) -> None:
     """Run the ``gradwatch`` command; bad configuration exits with status 2 and one paragraph, no traceback."""
     # albumentations checks online for a newer release at import; trials and offline machines must not wait.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # The run folder holds the W&B run beside metrics.csv, and W&B starts first: the CSV logger's "not empty" warning
+    # is about that folder, not about a previous run's metrics.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     try:
         GradwatchCLI(args)
     except Exception as exc:

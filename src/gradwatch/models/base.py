@@ -67,8 +67,11 @@ class GradwatchModule(pl.LightningModule):
             ConfigError: a given shape contradicts the data, the DataModule provides the wrong kind of data, or a
                 shape is neither given nor provided.
         """
-        for param, (attr, transform) in self.data_shapes.items():
-            self.hparams[param] = self._shape_from_data(param, datamodule, attr, transform)
+        shapes = {
+            param: self._shape_from_data(param, datamodule, *source) for param, source in self.data_shapes.items()
+        }
+        # Through `save_hyperparameters`, so the loggers (which log `hparams_initial`) and checkpoints get the values.
+        self.save_hyperparameters({**self.hparams, **shapes})
 
     @override
     def setup(self, stage: str) -> None:

@@ -213,7 +213,7 @@ class GAN(GradwatchModule):
         g_residual: bool = False,
         d_residual: bool = False,
         init: str = "normal",
-        loss: GANLoss = "nonsaturating",
+        loss: str = "nonsaturating",  # not a Literal, for the same reason as RNN's `cell`
         n_critic: int = 1,
         gp_weight: float = 10.0,
         in_channels: int | None = None,

@@ -11,7 +11,6 @@ from typing_extensions import override
 
 from gradwatch.errors import ConfigError, unknown_choice
 from gradwatch.layers import LayerType, RecurrentStack, activation_gain, get_act_layer, init_weights
-from gradwatch.layers.blocks import Cell
 from gradwatch.layers.init import INITS
 from gradwatch.models.base import check_positive, check_probability
 from gradwatch.models.supervised import SupervisedModule, Task
@@ -55,7 +54,9 @@ class RNN(SupervisedModule):
 
     def __init__(
         self,
-        cell: Cell = "lstm",
+        # Plain `str` rather than a Literal: the CLI parser would reject a typo with an unreadable union error,
+        # where our check names the valid cells and the closest one.
+        cell: str = "lstm",
         depth: int = 1,
         hidden_size: int = 64,
         activation: LayerType = "tanh",
@@ -64,7 +65,7 @@ class RNN(SupervisedModule):
         init: str = "default",
         dropout: float = 0.0,
         bidirectional: bool = False,
-        task: Task | None = None,
+        task: str | None = None,
         input_size: int | None = None,
         num_outputs: int | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,

@@ -1,0 +1,228 @@
+"""The ``gradwatch`` command as users run it: real processes, offline W&B runs and CSV files read back."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import column, read_metrics
+from gradwatch.cli import main
+from wandb_records import config, exit_code, history, run_file
+
+QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def gradwatch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m gradwatch ARGS`` in ``cwd``, offline, and return the finished process."""
+    environ = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gradwatch", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+def only_run_dir(root: Path) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_fit_cnn_on_digits_then_test_its_checkpoint(tmp_path):
+    fit = gradwatch(
+        "fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "3", "--model.residual", "true",
+        "--trainer.max_epochs", "2", *QUICK, cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    run_id = run_dir.name
+    # One line says where the metrics and the W&B run went, and how to upload the run.
+    (line,) = [line for line in fit.stdout.splitlines() if line.startswith("gradwatch:")]
+    wandb_dir = next((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert f"metrics in {Path('runs') / run_id / 'metrics.csv'}" in line
+    assert f"upload: wandb sync {wandb_dir.relative_to(tmp_path)}" in line or f"wandb sync {wandb_dir}" in line
+
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert len(column(rows, "val/acc")) == 2
+    assert column(rows, "train/loss")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["class_path"] == "gradwatch.CNN"
+    assert saved["model"]["init_args"]["depth"] == 3
+
+    wandb_file = run_file(run_dir)
+    assert exit_code(wandb_file) == 0
+    logged = history(wandb_file)
+    assert any("train/loss" in row for row in logged)
+    assert [row["val/acc"] for row in logged if "val/acc" in row] == pytest.approx(column(rows, "val/acc"))
+    hparams = config(wandb_file)
+    assert (hparams["depth"], hparams["residual"], hparams["num_classes"], hparams["in_channels"]) == (3, True, 10, 1)
+
+    (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
+    test = gradwatch(
+        "test", "--model", "CNN", "--data", "DigitsDataModule", "--ckpt_path", str(checkpoint), *QUICK, cwd=tmp_path
+    )
+    assert test.returncode == 0, test.stderr
+    test_rows = read_metrics(only_run_dir_except(tmp_path / "runs", run_dir) / "metrics.csv")
+    assert column(test_rows, "test/acc")[0] == pytest.approx(column(rows, "val/acc")[-1], abs=0.25)
+
+
+def only_run_dir_except(root: Path, known: Path) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir() and p != known]
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "data", "keys"),
+    [
+        ("RNN", "AddingProblemDataModule", ["train/loss", "val/loss"]),
+        ("GAN", "DigitsDataModule", ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/d_loss"]),
+    ],
+)
+def test_every_family_trains_with_no_shape_arguments(model, data, keys, tmp_path):
+    run = gradwatch(
+        "fit", "--model", model, "--data", data, "--trainer.max_steps", "12", "--trainer.val_check_interval", "3",
+        "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "2", "--trainer.default_root_dir", "out",
+        *QUICK, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    run_dir = only_run_dir(tmp_path / "out")
+    rows = read_metrics(run_dir / "metrics.csv")
+    logged = history(run_file(run_dir))
+    for key in keys:
+        assert column(rows, key), key
+        assert any(key in row for row in logged), key
+
+
+@pytest.mark.slow
+def test_config_file_and_a_users_own_subclass_and_activation(tmp_path):
+    (tmp_path / "mymodels.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            import gradwatch
+            from gradwatch.layers import register_activation
+
+            register_activation("hardswish", nn.Hardswish)
+
+
+            class WideHeadCNN(gradwatch.CNN):
+                def build_head(self, num_features):
+                    classes = self.hparams.num_classes
+                    return nn.Sequential(nn.Linear(num_features, 64), nn.ReLU(), nn.Linear(64, classes))
+            """
+        )
+    )
+    (tmp_path / "experiment.yaml").write_text(
+        textwrap.dedent(
+            """
+            model:
+              class_path: mymodels.WideHeadCNN
+              init_args:
+                depth: 2
+                activation: hardswish
+                optimizer:
+                  class_path: torch.optim.SGD
+                  init_args: {lr: 0.05, momentum: 0.9}
+            data:
+              class_path: gradwatch.data.DigitsDataModule
+              init_args: {batch_size: 32}
+            trainer:
+              max_steps: 5
+              log_every_n_steps: 1
+            """
+        )
+    )
+    run = gradwatch("fit", "--config", "experiment.yaml", *QUICK, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert len(column(read_metrics(run_dir / "metrics.csv"), "train/loss")) == 5
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["class_path"] == "mymodels.WideHeadCNN"
+    assert saved["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.SGD"
+
+
+@pytest.mark.slow
+def test_print_config_shows_every_argument_and_the_gan_optimizer(tmp_path):
+    run = gradwatch("fit", "--model", "GAN", "--data", "DigitsDataModule", "--print_config", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    printed = yaml.safe_load(run.stdout)
+    gan = printed["model"]["init_args"]
+    adam = {"lr": 0.0002, "betas": [0.5, 0.999], "weight_decay": 0.0}
+    assert gan["generator_optimizer"] == {"class_path": "gradwatch.models.GANAdam", "init_args": adam}
+    assert gan["loss"] == "nonsaturating"
+    assert printed["trainer"]["logger"] is None  # gradwatch's W&B + CSV loggers
+    assert not (tmp_path / "runs").exists()
+
+
+BAD_INPUT = [
+    (["--model", "CNN", "--model.depth", "0"], "--model.depth: CNN: depth must be >= 1, got 0"),
+    (
+        ["--model", "CNN", "--model.activation", "relux"],
+        "--model.activation: unknown activation 'relux'; valid: elu, gelu, identity, leaky_relu, relu, selu, sigmoid,"
+        " silu, softplus, tanh (did you mean 'relu'?)",
+    ),
+    (
+        ["--model", "CNN", "--model.norm", "spectral"],
+        "--model.norm: unknown norm 'spectral'; valid: batch, group, instance, layer, none",
+    ),
+    (["--model", "CNN", "--model.init", "he"], "--model.init: unknown init 'he'"),
+    (
+        ["--model", "CNN", "--model.backbone", "resnet19"],
+        "--model.backbone: torchvision has no classification model 'resnet19'",
+    ),
+    (
+        ["--model", "CNN", "--model.num_classes", "5"],
+        "--model.num_classes: CNN(num_classes=5) contradicts DigitsDataModule, whose data has num_classes=10",
+    ),
+    (
+        ["--model", "CNN", "--model.in_channels", "3"],
+        "--model.in_channels: CNN(in_channels=3) contradicts DigitsDataModule",
+    ),
+    (
+        ["--model", "RNN", "--model.cell", "lstmx"],
+        "--model.cell: unknown cell 'lstmx'; valid: gru, lstm, rnn (did you mean 'lstm'?)",
+    ),
+    (["--model", "RNN"], "--model.task: RNN needs sequences"),
+    (
+        ["--model", "GAN", "--model.loss", "wgan"],
+        "--model.loss: unknown loss 'wgan'; valid: hinge, nonsaturating, wgan-gp",
+    ),
+    (
+        ["--model", "GAN", "--model.g_norm", "spectral"],
+        "--model.g_norm: GAN: 'spectral' is a discriminator weight norm",
+    ),
+    (["--model", "GAN", "--model.loss", "wgan-gp", "--model.d_norm", "batch"], "--model.d_norm: GAN: loss='wgan-gp'"),
+    (
+        ["--model", "CNN", "--data.image_size", "0"],
+        "--data.image_size: DigitsDataModule: image_size must be >= 1, got 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_paragraph_before_any_run(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data", "DigitsDataModule", *args, "--trainer.max_steps", "1", *QUICK])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("gradwatch: error:")]
+    assert lines == [f"gradwatch: error: {lines[0].removeprefix('gradwatch: error: ')}"]
+    assert message in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # no run was created, nothing trained
+
+
+def test_argument_of_the_wrong_type_is_rejected_by_the_parser(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "many"])
+    assert info.value.code == 2
+    assert re.search(r"depth.*many", capsys.readouterr().err, re.DOTALL)
