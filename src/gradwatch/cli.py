@@ -75,7 +75,8 @@ class GradwatchCLI(LightningCLI):
         """Close the W&B run and say in one line where everything went."""
         csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
         wandb_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
-        parts = []
+        scores = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
+        parts = [", ".join(f"{k} {float(v):.4g}" for k, v in sorted(scores.items()))] if scores else []
         if csv is not None:
             parts.append(f"metrics in {Path(csv.log_dir) / 'metrics.csv'}")
         if wandb_logger is not None and self.trainer.is_global_zero:

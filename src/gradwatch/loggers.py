@@ -60,10 +60,11 @@ def default_loggers(root_dir: str | Path, *, run_id: str | None = None, project:
     run_dir = Path(root_dir) / run_id
     project = project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
     offline = wandb_offline()
-    # Offline, W&B's banner and summary would bury the one line that says where the run went.
-    settings = {"settings": wandb.Settings(quiet=True)} if offline else {}
+    # git_root: W&B looks for the code's git repository in the run folder, which does not exist yet; the code is
+    # where the command runs. quiet: offline, W&B's banner and summary would bury the line saying where the run went.
+    settings = wandb.Settings(git_root=os.getcwd(), quiet=offline)
     return [
         # Flushing every 10 steps lets a report read a run that is still training.
         CSVLogger(save_dir=root_dir, name="", version=run_id, flush_logs_every_n_steps=10),
-        WandbLogger(save_dir=str(run_dir), id=run_id, project=project, offline=offline, **settings),
+        WandbLogger(save_dir=str(run_dir), id=run_id, project=project, offline=offline, settings=settings),
     ]
