@@ -1,4 +1,4 @@
-"""The ``gradwatch`` command: ``fit`` / ``validate`` / ``test`` / ``predict`` through LightningCLI."""
+"""The ``gradwatch`` command: ``fit`` / ``validate`` / ``test`` through LightningCLI."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class ImageDataModule(SplitDataModule):
     ``dims`` ``(C, H, W)`` and ``num_classes`` are known before :meth:`setup`, so models can read them.
 
     Args:
-        image_size: Side of the square images the loaders yield.
+        image_size: Side of the square images the loaders yield; ``None`` keeps the dataset's ``native_size``.
         batch_size: Samples per batch.
         val_split: Fraction of the data held out for validation.
         test_split: Fraction held out for testing.
@@ -44,10 +44,11 @@ class ImageDataModule(SplitDataModule):
 
     num_classes: int
     channels: int
+    native_size: int
 
     def __init__(
         self,
-        image_size: int,
+        image_size: int | None = None,
         batch_size: int = 64,
         val_split: float = 0.15,
         test_split: float = 0.15,
@@ -56,10 +57,11 @@ class ImageDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        image_size = self.native_size if image_size is None else image_size
         check_positive(name, image_size=image_size)
         self.check_loader_args(name, batch_size, num_workers)
         check_fractions(name, val_split=val_split, test_split=test_split)
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # reads the locals: records the resolved image_size, not None
         self.dims = (self.channels, image_size, image_size)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +88,7 @@ class DigitsDataModule(ImageDataModule):
     """scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes): real data, no download.
 
     Args:
-        image_size: Side of the images; 8 is native, larger sizes are resized bilinearly.
+        image_size: Side of the images; ``None`` keeps the native 8, other sizes are resized bilinearly.
         batch_size: Samples per batch.
         val_split: Fraction held out for validation.
         test_split: Fraction held out for testing.
@@ -103,17 +105,7 @@ class DigitsDataModule(ImageDataModule):
 
     num_classes = 10
     channels = 1
-
-    def __init__(
-        self,
-        image_size: int = 8,
-        batch_size: int = 64,
-        val_split: float = 0.15,
-        test_split: float = 0.15,
-        seed: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(image_size, batch_size, val_split, test_split, seed, num_workers)
+    native_size = 8
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The digits as ``(1797, 1, 8, 8)`` in ``[-1, 1]`` (pixel values 0..16) and their labels."""

@@ -1,4 +1,4 @@
-"""What every gradwatch LightningModule shares: shapes read from the DataModule, lazy building, optimizers."""
+"""What every gradwatch LightningModule shares: shapes read from the DataModule and lazy building."""
 
 from __future__ import annotations
 
