@@ -78,17 +78,22 @@ def only_run_dir_except(root: Path, known: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("model", "data", "keys"),
+    ("model", "data", "keys", "extra"),
     [
-        ("RNN", "AddingProblemDataModule", ["train/loss", "val/loss"]),
-        ("GAN", "DigitsDataModule", ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/d_loss"]),
+        ("RNN", "AddingProblemDataModule", ["train/loss", "val/loss"], []),
+        (
+            "GAN",
+            "DigitsDataModule",
+            ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/d_loss"],
+            ["--model.d_activation", "torch.nn.Mish"],  # any class by import path
+        ),
     ],
 )
-def test_every_family_trains_with_no_shape_arguments(model, data, keys, tmp_path):
+def test_every_family_trains_with_no_shape_arguments(model, data, keys, extra, tmp_path):
     run = gradwatch(
         "fit", "--model", model, "--data", data, "--trainer.max_steps", "12", "--trainer.val_check_interval", "3",
         "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "2", "--trainer.default_root_dir", "out",
-        *QUICK, cwd=tmp_path,
+        *extra, *QUICK, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     run_dir = only_run_dir(tmp_path / "out")

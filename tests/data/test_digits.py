@@ -16,6 +16,13 @@ def test_shapes_are_known_before_setup():
     assert dm.num_classes == 10
 
 
+def test_native_size_by_default_and_recorded_as_such():
+    dm = DigitsDataModule()
+    assert dm.dims == (1, 8, 8)
+    assert dm.hparams.image_size == 8
+    assert dm.hparams_initial.image_size == 8  # what loggers record
+
+
 @pytest.mark.parametrize("size", [8, 16, 28])
 def test_images_are_resized_and_in_minus_one_one(size):
     dm = DigitsDataModule(image_size=size)

@@ -50,3 +50,21 @@ def test_design_axes_are_registered():
     ]  # fmt: skip
     assert NORMS.names() == ["none", "batch", "layer", "group", "instance"]
     assert INITS.names() == ["default", "kaiming", "xavier", "orthogonal", "normal"]
+
+
+def test_dotted_import_path_resolves_any_callable():
+    assert get_act_layer("torch.nn.Mish") is nn.Mish
+    assert get_norm_layer("torch.nn.BatchNorm2d") is nn.BatchNorm2d
+
+
+@pytest.mark.parametrize(
+    ("path", "match"),
+    [
+        ("torch.nn.Mishh", "activation 'torch.nn.Mishh' is neither registered .* nor importable"),
+        ("nosuchpackage.Act", "nor importable: No module named 'nosuchpackage'"),
+        ("math.pi", "activation 'math.pi' is not callable"),
+    ],
+)
+def test_bad_import_path(path, match):
+    with pytest.raises(ConfigError, match=match):
+        get_act_layer(path)

@@ -1,5 +1,6 @@
 import itertools
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -146,3 +147,23 @@ def test_custom_loss_through_compute_loss_override(trainer_factory):
     model = LabelSmoothing(depth=1, width=4, num_classes=10, in_channels=1)
     x, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3])
     torch.testing.assert_close(model.compute_loss(model(x), y), F.cross_entropy(model(x), y, label_smoothing=0.1))
+
+
+def test_pretrained_weights_load_through_torchvision_from_its_cache(tmp_path, monkeypatch):
+    # The real download path, minus the network: torchvision reads $TORCH_HOME/hub/checkpoints/<file> when the
+    # file is there. Weights of our own stand in for ImageNet's, so the test can tell they were loaded.
+    import torchvision
+
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    reference = torchvision.models.resnet18(num_classes=1000)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / Path(weights.url).name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    model = CNN(backbone="resnet18", pretrained=True, num_classes=10, in_channels=1)
+    torch.testing.assert_close(model.backbone.model.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(model.backbone.model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.head.out_features == 10  # the ImageNet classifier is replaced
+    x = torch.randn(2, 1, 8, 8)
+    assert model(x).shape == (2, 10)

@@ -61,7 +61,10 @@ class ImageDataModule(SplitDataModule):
         check_positive(name, image_size=image_size)
         self.check_loader_args(name, batch_size, num_workers)
         check_fractions(name, val_split=val_split, test_split=test_split)
-        self.save_hyperparameters()  # reads the locals: records the resolved image_size, not None
+        self.save_hyperparameters()
+        # Record the resolved size, not None (LightningCLI hands save_hyperparameters the values as given): models
+        # log an `image_size` too, and Lightning refuses to log two different values under one key.
+        self.save_hyperparameters({**self.hparams, "image_size": image_size})
         self.dims = (self.channels, image_size, image_size)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -19,8 +20,10 @@ class Registry(Generic[T]):
 
     Example::
 
-        >>> ACTIVATIONS.get("relu")
-        <class 'torch.nn.modules.activation.ReLU'>
+        >>> from torch import nn
+        >>> shapes = Registry("shape", {"square": nn.Identity})
+        >>> shapes.get("square")
+        <class 'torch.nn.modules.linear.Identity'>
 
     """
 
@@ -47,20 +50,33 @@ class Registry(Generic[T]):
         del self._entries[name]
 
     def get(self, value: str | T, *, param: str | None = None) -> T:
-        """Resolve a name; a callable is returned as is.
+        """Resolve a registered name or a dotted import path (``"torch.nn.Mish"``); a callable is returned as is.
 
         Raises:
-            ConfigError: ``value`` is a string that names nothing registered (the message lists what is).
-
+            ConfigError: ``value`` is neither a registered name nor an importable callable (the message lists the
+                registered names).
         """
         if not isinstance(value, str):
             if not callable(value):
                 raise ConfigError(f"{self.kind} must be a name or a callable, got {value!r}", param=param)
             return value
-        try:
+        if value in self._entries:
             return self._entries[value]
-        except KeyError:
-            raise ConfigError(unknown_choice(self.kind, value, self._entries), param=param) from None
+        if "." in value:
+            return self._import(value, param)
+        raise ConfigError(unknown_choice(self.kind, value, self._entries), param=param)
+
+    def _import(self, path: str, param: str | None) -> T:
+        # Lets the command line name any class, as LightningCLI's class_path does, without registering it first.
+        module_name, _, attr = path.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            message = f"{self.kind} {path!r} is neither registered ({', '.join(sorted(self._entries))}) nor importable"
+            raise ConfigError(f"{message}: {err}", param=param) from None
+        if not callable(found):
+            raise ConfigError(f"{self.kind} {path!r} is not callable", param=param)
+        return found
 
     def names(self) -> list[str]:
         """The registered names, in registration order."""

@@ -110,8 +110,9 @@ class CNN(SupervisedModule):
     Args:
         depth: Hidden conv blocks (the stem not counted).
         width: Channels of the first stage; each later stage doubles them.
-        activation: Registry name, class or ``functools.partial``.
-        norm: Registry name, class or ``functools.partial`` (none, batch, layer, group, instance).
+        activation: A registered name (relu, leaky_relu, elu, selu, gelu, silu, tanh, sigmoid, softplus, identity),
+            an import path (``torch.nn.Mish``), a class or a ``functools.partial``.
+        norm: A registered name (none, batch, layer, group, instance), an import path, a class or a partial.
         residual: Identity shortcut around each block (1×1 projection where the shape changes).
         init: Weight initialization (default, kaiming, xavier, orthogonal, normal).
         dropout: Dropout after each block's activation.

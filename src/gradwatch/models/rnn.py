@@ -27,7 +27,8 @@ class RNN(SupervisedModule):
         cell: ``rnn`` (vanilla), ``lstm`` or ``gru``.
         depth: Stacked recurrent layers.
         hidden_size: Hidden units per layer and direction.
-        activation: The vanilla cell's non-linearity (any registry name); gated cells keep tanh.
+        activation: The vanilla cell's non-linearity (a registered name, an import path, a class or a partial);
+            gated cells keep tanh.
         norm: ``none`` or ``layer``, between layers.
         residual: Identity shortcut around each layer (linear projection where the width changes).
         init: Weight initialization (default, kaiming, xavier, orthogonal, normal).
