@@ -214,6 +214,7 @@ BAD_INPUT = [
 @pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
 def test_bad_input_is_one_paragraph_before_any_run(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["gradwatch"])
     with pytest.raises(SystemExit) as info:
         main(["fit", "--data", "DigitsDataModule", *args, "--trainer.max_steps", "1", *QUICK])
     assert info.value.code == 2
@@ -227,6 +228,7 @@ def test_bad_input_is_one_paragraph_before_any_run(args, message, tmp_path, caps
 
 def test_argument_of_the_wrong_type_is_rejected_by_the_parser(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["gradwatch"])
     with pytest.raises(SystemExit) as info:
         main(["fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "many"])
     assert info.value.code == 2

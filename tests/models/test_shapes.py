@@ -50,6 +50,7 @@ def test_check_data_needs_no_trainer():
     assert model.hparams.num_classes == 10
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_without_a_datamodule_shapes_must_be_given(trainer_factory):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 1, 8, 8), torch.zeros(8).long()))
     with pytest.raises(ConfigError, match="num_classes is unknown; pass it, or fit with a DataModule"):
