@@ -298,15 +298,17 @@ def test_cli_configures_optimizers(tmp_path, monkeypatch) -> None:
         run=False,
         args=[
             "--model.loss=hinge",
-            "--model.generator_optimizer.lr=0.0002",
-            "--model.generator_optimizer.betas=[0.5,0.999]",
+            "--model.generator_optimizer.lr=0.001",
+            "--model.generator_optimizer.betas=[0.9,0.99]",
         ],
         trainer_defaults={"default_root_dir": str(tmp_path), "logger": False},
         save_config_callback=None,
         seed_everything_default=False,
     )
     assert cli.model.hparams.loss == "hinge"
-    optimizer = cli.model.generator_optimizer([nn.Parameter(torch.zeros(1))])
-    assert optimizer.defaults["lr"] == 0.0002
-    assert optimizer.defaults["betas"] == (0.5, 0.999)
+    params = [nn.Parameter(torch.zeros(1))]
+    overridden = cli.model.generator_optimizer(params)
+    assert (overridden.defaults["lr"], tuple(overridden.defaults["betas"])) == (0.001, (0.9, 0.99))
+    untouched = cli.model.discriminator_optimizer(params)  # GANAdam: DCGAN's settings unless told otherwise
+    assert (untouched.defaults["lr"], untouched.defaults["betas"]) == (2e-4, (0.5, 0.999))
     assert "generator_optimizer" in cli.parser.dump(cli.config)
