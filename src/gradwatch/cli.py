@@ -59,18 +59,6 @@ class GradwatchCLI(LightningCLI):
         if isinstance(self.model, GradwatchModule):
             self.model.check_data(self.datamodule)
 
-    def before_fit(self) -> None:
-        """Fail on a model / data mismatch before training."""
-        self._check_data()
-
-    def before_validate(self) -> None:
-        """Fail on a model / data mismatch before validating."""
-        self._check_data()
-
-    def before_test(self) -> None:
-        """Fail on a model / data mismatch before testing."""
-        self._check_data()
-
     def _finish(self) -> None:
         """Close the W&B run and say in one line where everything went."""
         csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
@@ -90,17 +78,9 @@ class GradwatchCLI(LightningCLI):
         if parts and self.trainer.is_global_zero:
             print("gradwatch: " + "; ".join(parts), flush=True)
 
-    def after_fit(self) -> None:
-        """Report where the run went."""
-        self._finish()
-
-    def after_validate(self) -> None:
-        """Report where the run went."""
-        self._finish()
-
-    def after_test(self) -> None:
-        """Report where the run went."""
-        self._finish()
+    # LightningCLI calls `before_<subcommand>` and `after_<subcommand>` when they exist.
+    before_fit = before_validate = before_test = _check_data
+    after_fit = after_validate = after_test = _finish
 
 
 def find_config_error(exc: BaseException | None) -> ConfigError | None:

@@ -101,8 +101,7 @@ def test_torchvision_backbone_replaces_the_classifier_and_freezes_then_trains(tr
             )
 
     trainer = trainer_factory(max_epochs=2, max_steps=-1, limit_train_batches=2, callbacks=[Snapshot()])
-    before = model  # built in setup: shapes come from the data
-    trainer.fit(before, datamodule=DigitsDataModule(batch_size=16))
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))  # built in setup: shapes come from the data
     assert model.backbone.num_features == 512
     assert model.head.out_features == 10
     (conv_0, head_0), (conv_1, head_1) = snapshots
