@@ -17,6 +17,10 @@ _EXPORTS = {
     "GAN": "gradwatch.models",
     "GradwatchModule": "gradwatch.models",
     "DigitsDataModule": "gradwatch.data",
+    "MNISTDataModule": "gradwatch.data",
+    "FashionMNISTDataModule": "gradwatch.data",
+    "CIFAR10DataModule": "gradwatch.data",
+    "ImageFolderDataModule": "gradwatch.data",
     "AddingProblemDataModule": "gradwatch.data",
     "ConfigError": "gradwatch.errors",
     "default_loggers": "gradwatch.loggers",
@@ -27,14 +31,25 @@ __all__ = [
     "GAN",
     "RNN",
     "AddingProblemDataModule",
+    "CIFAR10DataModule",
     "ConfigError",
     "DigitsDataModule",
+    "FashionMNISTDataModule",
     "GradwatchModule",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
     "default_loggers",
 ]
 
 if TYPE_CHECKING:
-    from gradwatch.data import AddingProblemDataModule, DigitsDataModule
+    from gradwatch.data import (
+        AddingProblemDataModule,
+        CIFAR10DataModule,
+        DigitsDataModule,
+        FashionMNISTDataModule,
+        ImageFolderDataModule,
+        MNISTDataModule,
+    )
     from gradwatch.errors import ConfigError
     from gradwatch.loggers import default_loggers
     from gradwatch.models import CNN, GAN, RNN, GradwatchModule

@@ -59,7 +59,8 @@ def test_fit_logs_design_metric_keys(tmp_path, trainer_factory):
 
 
 def test_learns_digits(trainer_factory):
-    trainer = trainer_factory(max_epochs=4, max_steps=-1, limit_val_batches=1.0)
+    pl.seed_everything(0)
+    trainer = trainer_factory(max_epochs=6, max_steps=-1, limit_val_batches=1.0)
     model = CNN(depth=2, width=16, residual=True)
     trainer.fit(model, datamodule=DigitsDataModule())
     assert trainer.callback_metrics["val/acc"] > 0.8

@@ -1,7 +1,31 @@
-"""LightningDataModules for images and sequences."""
+"""LightningDataModules for images and sequences, and the albumentations presets."""
 
-from gradwatch.data.base import SplitDataModule
-from gradwatch.data.images import DigitsDataModule, ImageDataModule
+from gradwatch.data.augment import PRESETS, preset
+from gradwatch.data.base import EpochSampler, SplitDataModule
+from gradwatch.data.images import (
+    CIFAR10DataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    ImageDataModule,
+    ImageDataset,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    TorchvisionDataModule,
+)
 from gradwatch.data.sequences import AddingProblemDataModule
 
-__all__ = ["AddingProblemDataModule", "DigitsDataModule", "ImageDataModule", "SplitDataModule"]
+__all__ = [
+    "PRESETS",
+    "AddingProblemDataModule",
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "EpochSampler",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "ImageDataset",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "SplitDataModule",
+    "TorchvisionDataModule",
+    "preset",
+]
