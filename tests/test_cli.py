@@ -104,6 +104,20 @@ def test_every_family_trains_with_no_shape_arguments(model, data, keys, extra, t
 
 
 @pytest.mark.slow
+def test_fit_with_strong_augmentation_and_workers_records_the_preset(tmp_path):
+    run = gradwatch(
+        "fit", "--model", "CNN", "--model.depth", "2", "--data", "DigitsDataModule", "--data.augment", "strong",
+        "--data.num_workers", "2", "--data.val_split", "200", "--trainer.max_steps", "6",
+        "--trainer.log_every_n_steps", "2", *QUICK, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert column(read_metrics(run_dir / "metrics.csv"), "train/loss")
+    hparams = config(run_file(run_dir))
+    assert (hparams["augment"], hparams["num_workers"], hparams["val_split"]) == ("strong", 2, 200)
+
+
+@pytest.mark.slow
 def test_config_file_and_a_users_own_subclass_and_activation(tmp_path):
     (tmp_path / "mymodels.py").write_text(
         textwrap.dedent(
@@ -206,6 +220,23 @@ BAD_INPUT = [
     (
         ["--model", "CNN", "--data.image_size", "0"],
         "--data.image_size: DigitsDataModule: image_size must be >= 1, got 0",
+    ),
+    (
+        ["--model", "CNN", "--data.augment", "strog"],
+        "--data.augment: unknown augment preset 'strog'; valid: light, none, standard, strong (did you mean 'strong'?)",
+    ),
+    (["--model", "CNN", "--data.augment", "mine.yaml"], "--data.augment: augment file 'mine.yaml' does not exist"),
+    (
+        ["--model", "CNN", "--data.val_split", "1.5"],
+        "--data.val_split: DigitsDataModule: val_split must be a fraction in (0, 1) or a count, got 1.5",
+    ),
+    (
+        ["--model", "CNN", "--data", "MNISTDataModule", "--data.data_dir", "nowhere", "--data.download", "false"],
+        "--data.data_dir: MNISTDataModule: nowhere/MNIST/raw lacks train-images-idx3-ubyte",
+    ),
+    (
+        ["--model", "CNN", "--data", "ImageFolderDataModule", "--data.data_dir", "nowhere"],
+        "--data.data_dir: ImageFolderDataModule: data_dir 'nowhere' is not a folder",
     ),
 ]
 

@@ -15,7 +15,7 @@ from gradwatch.errors import ConfigError
 from gradwatch.models.base import check_positive
 
 
-def resolve_split(owner: str, param: str, split: float | int, total: int) -> int:
+def resolve_split(owner: str, param: str, split: int | float, total: int) -> int:
     """The number of samples ``split`` asks for out of ``total``: a fraction in ``(0, 1)`` or a count ``>= 1``.
 
     Raises:
@@ -32,7 +32,7 @@ def resolve_split(owner: str, param: str, split: float | int, total: int) -> int
     return int(split)
 
 
-def check_held_out(owner: str, **splits: float | int | None) -> None:
+def check_held_out(owner: str, **splits: int | float | None) -> None:
     """Raise :class:`ConfigError` early for held-out splits no dataset size can satisfy (``None`` is skipped).
 
     Counts are checked against the data at :meth:`~SplitDataModule.setup`, by :func:`resolve_split`.

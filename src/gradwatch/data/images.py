@@ -124,7 +124,7 @@ class ImageDataModule(SplitDataModule):
         image_size: int | None = None,
         augment: AugmentType = "none",
         batch_size: int = 64,
-        val_split: float | int = 0.15,
+        val_split: int | float = 0.15,
         seed: int = 0,
         num_workers: int = 0,
         pin_memory: bool | None = None,
@@ -235,7 +235,7 @@ class DigitsDataModule(ImageDataModule):
     native_size = (8, 8)
     mirror = False
 
-    def __init__(self, test_split: float | int = 0.15, **kwargs: Any) -> None:
+    def __init__(self, test_split: int | float = 0.15, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
     def load_images(self, split: Split) -> tuple[np.ndarray, np.ndarray] | None:
@@ -455,7 +455,7 @@ class ImageFolderDataModule(ImageDataModule):
         data_dir: str,
         test_dir: str | None = None,
         channels: int | None = None,
-        test_split: float | int = 0.15,
+        test_split: int | float = 0.15,
         mirror: bool = True,
         **kwargs: Any,
     ) -> None:
