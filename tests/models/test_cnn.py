@@ -153,5 +153,12 @@ def test_pretrained_weights_load_through_torchvision_from_its_cache(tmp_path, mo
     torch.testing.assert_close(model.backbone.model.conv1.weight, reference.conv1.weight)
     torch.testing.assert_close(model.backbone.model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert model.head.out_features == 10  # the ImageNet classifier is replaced
-    x = torch.randn(2, 1, 8, 8)
-    assert model(x).shape == (2, 10)
+    # Inputs in [-1, 1] reach the weights normalized as ImageNet images were: gray -1 is black, (0 - mean) / std.
+    reference.fc = torch.nn.Identity()
+    reference.eval()
+    model.eval()
+    black = -torch.ones(1, 1, 32, 32)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    imagenet_black = (torch.zeros(1, 3, 32, 32) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    torch.testing.assert_close(model.backbone(black), reference(imagenet_black))
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -61,7 +61,8 @@ class ConvBackbone(nn.Module):
 class TorchvisionBackbone(nn.Module):
     """Any torchvision classification model without its last linear layer (``fc``, ``classifier[-1]``, ...).
 
-    Grayscale inputs are repeated to three channels, as pretrained weights expect.
+    Grayscale inputs are repeated to three channels, as pretrained weights expect. With pretrained weights,
+    gradwatch's ``[-1, 1]`` images are renormalized to the mean and std the weights were trained with.
     """
 
     def __init__(self, name: str, *, pretrained: bool) -> None:
@@ -79,10 +80,18 @@ class TorchvisionBackbone(nn.Module):
             raise ConfigError(f"backbone {name!r} has no linear classifier to replace", param="backbone")
         setattr(parent, attr, nn.Identity())
         self.num_features = linear.in_features
+        self.pretrained = pretrained
+        if pretrained:  # buffers, so they follow the module to its device
+            preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+            self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images to pooled features."""
-        return self.model(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+        """Map images in ``[-1, 1]`` to pooled features."""
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if self.pretrained:
+            x = ((x + 1.0) / 2.0 - self.mean) / self.std
+        return self.model(x)
 
 
 def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear | None]:
