@@ -80,6 +80,8 @@ def test_fit_cnn_on_digits_then_validate_and_test_its_checkpoint(tmp_path):
     ("model", "data", "keys", "extra"),
     [
         ("RNN", "AddingProblemDataModule", ["train/loss", "val/loss"], []),
+        ("RNN", "CopyMemoryDataModule", ["train/loss", "val/loss", "val/acc"], ["--data.delay", "10"]),
+        ("RNN", "SequentialDigitsDataModule", ["train/loss", "val/acc"], ["--data.order", "row"]),
         (
             "GAN",
             "DigitsDataModule",

@@ -22,6 +22,8 @@ _EXPORTS = {
     "CIFAR10DataModule": "gradwatch.data",
     "ImageFolderDataModule": "gradwatch.data",
     "AddingProblemDataModule": "gradwatch.data",
+    "CopyMemoryDataModule": "gradwatch.data",
+    "SequentialDigitsDataModule": "gradwatch.data",
     "ConfigError": "gradwatch.errors",
     "default_loggers": "gradwatch.loggers",
 }
@@ -33,11 +35,13 @@ __all__ = [
     "AddingProblemDataModule",
     "CIFAR10DataModule",
     "ConfigError",
+    "CopyMemoryDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "GradwatchModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "SequentialDigitsDataModule",
     "default_loggers",
 ]
 
@@ -45,10 +49,12 @@ if TYPE_CHECKING:
     from gradwatch.data import (
         AddingProblemDataModule,
         CIFAR10DataModule,
+        CopyMemoryDataModule,
         DigitsDataModule,
         FashionMNISTDataModule,
         ImageFolderDataModule,
         MNISTDataModule,
+        SequentialDigitsDataModule,
     )
     from gradwatch.errors import ConfigError
     from gradwatch.loggers import default_loggers

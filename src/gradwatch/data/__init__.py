@@ -12,12 +12,18 @@ from gradwatch.data.images import (
     MNISTDataModule,
     TorchvisionDataModule,
 )
-from gradwatch.data.sequences import AddingProblemDataModule
+from gradwatch.data.sequences import (
+    AddingProblemDataModule,
+    CopyMemoryDataModule,
+    SequenceDataModule,
+    SequentialDigitsDataModule,
+)
 
 __all__ = [
     "PRESETS",
     "AddingProblemDataModule",
     "CIFAR10DataModule",
+    "CopyMemoryDataModule",
     "DigitsDataModule",
     "EpochSampler",
     "FashionMNISTDataModule",
@@ -25,6 +31,8 @@ __all__ = [
     "ImageDataset",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "SequenceDataModule",
+    "SequentialDigitsDataModule",
     "SplitDataModule",
     "TorchvisionDataModule",
     "preset",

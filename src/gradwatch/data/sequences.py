@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from gradwatch.data.base import SplitDataModule
-from gradwatch.errors import ConfigError
+from gradwatch.data.base import SplitDataModule, check_held_out
+from gradwatch.errors import ConfigError, unknown_choice
 from gradwatch.models.base import check_positive
+from gradwatch.models.supervised import Task
+
+if TYPE_CHECKING:
+    from gradwatch.data.images import DigitsDataModule
 
 
-class AddingProblemDataModule(SplitDataModule):
+class SequenceDataModule(SplitDataModule):
+    """Base of the sequence DataModules: batch-first ``(x, y)`` with ``x`` float ``(N, T, input_size)``.
+
+    Models (:class:`~gradwatch.RNN`) read four attributes before training, so subclasses set them as class
+    attributes, or in ``__init__`` where they depend on the arguments:
+
+    - ``input_size``: features per time step.
+    - ``num_outputs``: classes (classification) or values (regression) predicted per target step.
+    - ``task``: ``classification`` (``y`` long class indices) or ``regression`` (``y`` float).
+    - ``output_steps``: how many final time steps carry targets. With 1, ``y`` is ``(N,)`` (classification) or
+      ``(N, num_outputs)`` (regression); with ``k > 1``, ``y`` is ``(N, k)`` and the model answers at each of the
+      last ``k`` steps.
+    """
+
+    input_size: int
+    num_outputs: int
+    task: Task
+    output_steps: int = 1
+
+
+class AddingProblemDataModule(SequenceDataModule):
     """Hochreiter & Schmidhuber's adding problem, generated from a seed (no files).
 
     Each step carries ``(value, marker)``: values are uniform in ``[0, 1]``, and two markers, one in each half of
@@ -81,4 +106,193 @@ class AddingProblemDataModule(SplitDataModule):
         return tuple(  # type: ignore[return-value]
             self.generate(n, hp.seq_len, torch.Generator().manual_seed(hp.seed * len(sizes) + i))
             for i, n in enumerate(sizes)
+        )
+
+
+class CopyMemoryDataModule(SequenceDataModule):
+    """The copy-memory task (Arjovsky, Shah & Bengio 2016): recall ``copy_length`` symbols after ``delay`` steps.
+
+    Each sequence is one-hot over ``alphabet + 2`` tokens (the symbols ``0 .. alphabet - 1``, then blank, then
+    delimiter): ``copy_length`` random symbols, ``delay - 1`` blanks, the delimiter, and ``copy_length`` blanks
+    during which the model must repeat the symbols in order; ``delay + 2 * copy_length`` steps in all. The targets
+    are the symbols, answered at the last ``copy_length`` steps (``output_steps``), so gradients must carry each
+    one back ``delay + copy_length`` steps.
+
+    Chance level: the symbols are uniform and independent, so a model that has forgotten them scores at best a
+    cross-entropy of ``ln(alphabet)`` (2.08 for 8 symbols) and a per-symbol accuracy of ``1 / alphabet``.
+
+    Args:
+        delay: Steps from the last symbol to the delimiter that asks for them; the memory span is
+            ``delay + copy_length``.
+        copy_length: Symbols to remember and repeat.
+        alphabet: Distinct symbols (classes), at least 2.
+        num_train: Training sequences.
+        num_val: Validation sequences.
+        num_test: Test sequences.
+        batch_size: Sequences per batch.
+        seed: Seeds the data (each split its own stream) and the shuffling.
+        num_workers: DataLoader worker processes.
+
+    Raises:
+        ConfigError: a bad value; the message names it.
+
+    Example::
+
+        >>> dm = CopyMemoryDataModule(delay=20, copy_length=5, alphabet=4)
+        >>> dm.input_size, dm.num_outputs, dm.output_steps
+        (6, 4, 5)
+        >>> dm.setup("fit")
+        >>> x, y = dm.train_set[0]
+        >>> x.shape, y.shape
+        (torch.Size([30, 6]), torch.Size([5]))
+
+    """
+
+    task: Literal["classification"] = "classification"
+
+    def __init__(
+        self,
+        delay: int = 50,
+        copy_length: int = 10,
+        alphabet: int = 8,
+        num_train: int = 4096,
+        num_val: int = 512,
+        num_test: int = 512,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_positive(name, delay=delay, copy_length=copy_length)
+        if alphabet < 2:
+            raise ConfigError(f"{name}: alphabet must be >= 2 symbols, got {alphabet}", param="alphabet")
+        check_positive(name, num_train=num_train, num_val=num_val, num_test=num_test)
+        self.check_loader_args(name, batch_size, num_workers)
+        self.save_hyperparameters()
+        self.input_size = alphabet + 2
+        self.num_outputs = alphabet
+        self.output_steps = copy_length
+
+    @staticmethod
+    def generate(n: int, delay: int, copy_length: int, alphabet: int, generator: torch.Generator) -> TensorDataset:
+        """``n`` one-hot sequences ``(delay + 2 * copy_length, alphabet + 2)`` with targets ``(copy_length,)``."""
+        blank, delimiter = alphabet, alphabet + 1
+        symbols = torch.randint(0, alphabet, (n, copy_length), generator=generator)
+        tokens = torch.full((n, delay + 2 * copy_length), blank)
+        tokens[:, :copy_length] = symbols
+        tokens[:, copy_length + delay - 1] = delimiter
+        return TensorDataset(F.one_hot(tokens, alphabet + 2).float(), symbols)
+
+    def make_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+        """The three splits, each from its own seeded stream: changing one size leaves the others alone."""
+        hp = self.hparams
+        sizes = (hp.num_train, hp.num_val, hp.num_test)
+        return tuple(  # type: ignore[return-value]
+            self.generate(n, hp.delay, hp.copy_length, hp.alphabet, torch.Generator().manual_seed(hp.seed * 3 + i))
+            for i, n in enumerate(sizes)
+        )
+
+
+#: How :class:`SequentialDigitsDataModule` reads an image: one pixel per step, or one row per step.
+DIGIT_ORDERS = ("pixel", "row")
+
+
+class SequentialDigitsDataModule(SequenceDataModule):
+    """scikit-learn's digits read as sequences: sequential (and permuted) MNIST on real data, without a download.
+
+    ``order="pixel"`` feeds one pixel per step in raster order, ``image_size ** 2`` steps of 1 feature (the
+    sequential-MNIST setting, Le et al. 2015); ``order="row"`` feeds one row per step, ``image_size`` steps of
+    ``image_size`` features. ``image_size`` therefore sweeps the sequence length (8 → 64 pixel steps, 28 → 784).
+    ``permute`` shuffles the time steps with one fixed permutation drawn from ``seed`` (permuted sequential MNIST),
+    which spreads each stroke's pixels over the whole sequence. Pixels are in ``[-1, 1]``; one label per image,
+    answered at the last step. ``seq_len`` holds the number of steps.
+
+    Loading, resizing and splitting are :class:`~gradwatch.DigitsDataModule`'s: the same ``seed`` and splits hold
+    out the same images.
+
+    Args:
+        order: ``pixel`` or ``row``.
+        image_size: Side the 8×8 digits are resized to.
+        permute: Apply the fixed seeded permutation to the time steps.
+        val_split: Validation share of the data: a fraction in ``(0, 1)`` or a count.
+        test_split: Test share of the data: a fraction in ``(0, 1)`` or a count.
+        batch_size: Sequences per batch.
+        seed: Seeds the splits, the permutation and the shuffling.
+        num_workers: DataLoader worker processes.
+
+    Raises:
+        ConfigError: a bad value; the message names it and, for ``order``, lists the valid ones.
+
+    Example::
+
+        >>> dm = SequentialDigitsDataModule(order="row", image_size=12)
+        >>> dm.input_size, dm.num_outputs
+        (12, 10)
+        >>> dm.setup("fit")
+        >>> x, y = dm.train_set[0]
+        >>> x.shape, y.shape
+        (torch.Size([12, 12]), torch.Size([]))
+
+    """
+
+    num_outputs = 10
+    task: Literal["classification"] = "classification"
+
+    def __init__(
+        self,
+        order: str = "pixel",
+        image_size: int = 8,
+        permute: bool = False,
+        val_split: int | float = 0.15,
+        test_split: int | float = 0.15,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if order not in DIGIT_ORDERS:
+            raise ConfigError(f"{name}: {unknown_choice('order', order, DIGIT_ORDERS)}", param="order")
+        check_positive(name, image_size=image_size)
+        check_held_out(name, val_split=val_split, test_split=test_split)
+        self.check_loader_args(name, batch_size, num_workers)
+        self.save_hyperparameters()
+        self.input_size = 1 if order == "pixel" else image_size
+        self.seq_len = image_size**2 if order == "pixel" else image_size
+        self.digits = self._digits()
+
+    def _digits(self) -> DigitsDataModule:
+        # Built here rather than in `__init__`: Lightning's `save_hyperparameters` walks up the `__init__` frames
+        # and would record this DataModule's arguments (order, permute) as the DigitsDataModule's too.
+        from gradwatch.data.images import DigitsDataModule
+
+        hp = self.hparams
+        return DigitsDataModule(
+            image_size=hp.image_size,
+            val_split=hp.val_split,
+            test_split=hp.test_split,
+            batch_size=hp.batch_size,
+            seed=hp.seed,
+            num_workers=hp.num_workers,
+        )
+
+    def permutation(self) -> torch.Tensor | None:
+        """The time-step order ``permute`` applies (the same for the same ``seed`` and length), or ``None``."""
+        if not self.hparams.permute:
+            return None
+        return torch.randperm(self.seq_len, generator=torch.Generator().manual_seed(self.hparams.seed))
+
+    def to_sequences(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``(N, H, W, 1)`` as float sequences ``(N, seq_len, input_size)`` in ``[-1, 1]``."""
+        x = images.float() / 127.5 - 1
+        x = x.reshape(len(x), self.seq_len, self.input_size)  # raster order: row by row, pixel by pixel
+        order = self.permutation()
+        return x if order is None else x[:, order]
+
+    def make_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+        """:class:`~gradwatch.DigitsDataModule`'s splits, as sequences."""
+        return tuple(  # type: ignore[return-value]
+            TensorDataset(self.to_sequences(torch.from_numpy(split.images)), split.labels)
+            for split in self.digits.make_splits()
         )

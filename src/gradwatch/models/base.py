@@ -38,6 +38,8 @@ class GradwatchModule(pl.LightningModule):
     """
 
     data_shapes: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+    #: Shapes a DataModule may leave out, with the value they take then; the networks must not depend on them.
+    data_defaults: dict[str, Any] = {}
     data_kind: str = ""
 
     def __init__(self) -> None:
@@ -46,7 +48,7 @@ class GradwatchModule(pl.LightningModule):
 
     def shapes_known(self) -> bool:
         """Whether every shape argument has a value."""
-        return all(self.hparams.get(param) is not None for param in self.data_shapes)
+        return all(self.hparams.get(param) is not None or param in self.data_defaults for param in self.data_shapes)
 
     def build(self) -> None:
         """Create the networks and metrics from ``hparams``. Called once."""
@@ -86,6 +88,8 @@ class GradwatchModule(pl.LightningModule):
     ) -> Any:
         name = type(self).__name__
         given = self.hparams.get(param)
+        if param in self.data_defaults and not hasattr(datamodule, attr):
+            return given if given is not None else self.data_defaults[param]
         if datamodule is not None and not hasattr(datamodule, attr):
             raise ConfigError(
                 f"{name} needs {self.data_kind}, and {type(datamodule).__name__} provides none (it has no `{attr}`)",

@@ -17,11 +17,14 @@ from gradwatch.models.supervised import SupervisedModule, Task
 
 
 class RNN(SupervisedModule):
-    """Sequence model: ``depth`` stacked recurrent layers, read out at the last step, linear head.
+    """Sequence model: ``depth`` stacked recurrent layers, read out at the last step(s), linear head.
 
     Inputs are batch-first ``(N, T, input_size)``. For classification the head gives ``num_outputs`` logits; for
-    regression ``num_outputs`` values. A bidirectional stack reads the forward direction at the last step and
-    the backward direction at the first, where each has seen the whole sequence.
+    regression ``num_outputs`` values. With one output step the output is ``(N, num_outputs)``, and a
+    bidirectional stack reads the forward direction at the last step and the backward direction at the first,
+    where each has seen the whole sequence. With ``k > 1`` output steps (copy-memory) the same head reads each of
+    the last ``k`` steps (both directions' states there, when bidirectional) and the output is
+    ``(N, k, num_outputs)``.
 
     Args:
         cell: ``rnn`` (vanilla), ``lstm`` or ``gru``.
@@ -37,6 +40,8 @@ class RNN(SupervisedModule):
         task: ``classification`` or ``regression``; read from the DataModule when ``None``.
         input_size: Features per step; read from the DataModule when ``None``.
         num_outputs: Classes or regression targets; read from the DataModule when ``None``.
+        output_steps: Final steps that each get an output; read from the DataModule when ``None``, and 1 when
+            the DataModule does not say.
         optimizer: A callable taking parameters, e.g. ``torch.optim.Adam``.
         lr_scheduler: A callable taking the optimizer, or ``None``.
 
@@ -50,7 +55,14 @@ class RNN(SupervisedModule):
         torch.Size([4, 1])
     """
 
-    data_shapes = {"task": ("task", str), "input_size": ("input_size", int), "num_outputs": ("num_outputs", int)}
+    data_shapes = {
+        "task": ("task", str),
+        "input_size": ("input_size", int),
+        "num_outputs": ("num_outputs", int),
+        "output_steps": ("output_steps", int),
+    }
+    # One head reads each output step, so the networks are the same for any number of them.
+    data_defaults = {"output_steps": 1}
     data_kind = "sequences (a sequence DataModule with `input_size`, `task` and `num_outputs`)"
 
     def __init__(
@@ -69,12 +81,15 @@ class RNN(SupervisedModule):
         task: str | None = None,
         input_size: int | None = None,
         num_outputs: int | None = None,
+        output_steps: int | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         check_positive("RNN", depth=depth, hidden_size=hidden_size)
+        if output_steps is not None:
+            check_positive("RNN", output_steps=output_steps)
         check_probability("RNN", dropout=dropout)
         if task is not None and task not in get_args(Task):
             raise ConfigError(unknown_choice("task", task, get_args(Task)), param="task")
@@ -94,6 +109,11 @@ class RNN(SupervisedModule):
     @override
     def num_outputs(self) -> int:
         return self.hparams.num_outputs
+
+    @property
+    def output_steps(self) -> int:
+        """Final steps that each get an output (1 until the data says otherwise)."""
+        return self.hparams.output_steps or 1
 
     def _block_args(self) -> dict[str, object]:
         hp = self.hparams
@@ -122,12 +142,27 @@ class RNN(SupervisedModule):
         init_weights(self.head, self.hparams.init)
 
     def readout(self, states: torch.Tensor) -> torch.Tensor:
-        """Features ``(N, F)`` from the stack's states ``(N, T, F)``: each direction where it has seen everything."""
+        """Features from the stack's states ``(N, T, F)``: ``(N, F)`` for one output step, else ``(N, k, F)``.
+
+        One step: each direction where it has seen everything. ``k`` steps: the states (both directions, when
+        bidirectional) at each of the last ``k`` steps.
+
+        Raises:
+            ConfigError: the sequences are shorter than ``output_steps``.
+        """
+        k = self.output_steps
+        if k > 1:
+            if states.shape[1] < k:
+                raise ConfigError(
+                    f"RNN: output_steps={k} needs sequences of at least {k} steps, got {states.shape[1]}",
+                    param="output_steps",
+                )
+            return states[:, -k:]
         if not self.hparams.bidirectional:
             return states[:, -1]
         forward, backward = states.chunk(2, dim=-1)
         return torch.cat([forward[:, -1], backward[:, 0]], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``(N, num_outputs)`` for sequences ``(N, T, input_size)``."""
+        """Outputs ``(N, num_outputs)``, or ``(N, output_steps, num_outputs)``, for sequences ``(N, T, input_size)``."""
         return self.head(self.readout(self.backbone(x)))

@@ -26,6 +26,9 @@ class SupervisedModule(GradwatchModule):
     - :meth:`build_backbone` returns a module mapping inputs to features, with a ``num_features`` attribute.
     - :meth:`build_head` maps those features to outputs.
     - :meth:`compute_loss` turns outputs and targets into the training loss.
+
+    Classification outputs may carry a step dimension, ``(N, k, C)`` logits for ``(N, k)`` targets (a sequence
+    answered at several steps): the loss and the accuracy then count each step's prediction as one sample.
     """
 
     task: Task = "classification"
@@ -64,10 +67,20 @@ class SupervisedModule(GradwatchModule):
                 {f"{stage}_acc": MulticlassAccuracy(num_classes=self.num_outputs, average="micro") for stage in STAGES}
             )
 
+    @staticmethod
+    def flatten_steps(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification outputs ``(N, k, C)`` and targets ``(N, k)`` as ``(N * k, C)`` and ``(N * k,)``.
+
+        Outputs ``(N, C)`` pass through unchanged.
+        """
+        if outputs.dim() <= 2:
+            return outputs, targets
+        return outputs.flatten(0, -2), targets.flatten()
+
     def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for classification, mean squared error for regression."""
+        """Cross-entropy for classification (averaged over steps too), mean squared error for regression."""
         if self.task == "classification":
-            return F.cross_entropy(outputs, targets)
+            return F.cross_entropy(*self.flatten_steps(outputs, targets))
         return F.mse_loss(outputs, targets.view_as(outputs))
 
     def _step(self, batch: Any, stage: Stage) -> torch.Tensor:
@@ -76,7 +89,7 @@ class SupervisedModule(GradwatchModule):
         loss = self.compute_loss(outputs, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_epoch=stage != "train")
         if self.task == "classification":
-            self.accuracy[f"{stage}_acc"].update(outputs.detach(), y)
+            self.accuracy[f"{stage}_acc"].update(*self.flatten_steps(outputs.detach(), y))
         return loss
 
     def _log_accuracy(self, stage: Stage) -> None:
@@ -123,3 +136,9 @@ class SupervisedModule(GradwatchModule):
     @override
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """The model's outputs (logits or values) for a batch ``(inputs, targets)`` or bare ``inputs``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
