@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
+from typing_extensions import override
 
 from gradwatch.data.base import SplitDataModule, check_held_out
 from gradwatch.errors import ConfigError, unknown_choice
@@ -37,7 +38,48 @@ class SequenceDataModule(SplitDataModule):
     output_steps: int = 1
 
 
-class AddingProblemDataModule(SequenceDataModule):
+class GeneratedSequenceDataModule(SequenceDataModule):
+    """Base of the synthetic tasks: each split drawn from its own seeded stream by :meth:`generate_split`.
+
+    Args:
+        num_train: Training sequences.
+        num_val: Validation sequences.
+        num_test: Test sequences.
+        batch_size: Sequences per batch.
+        seed: Seeds the data (each split its own stream) and the shuffling.
+        num_workers: DataLoader worker processes.
+
+    """
+
+    def __init__(
+        self,
+        num_train: int = 4096,
+        num_val: int = 512,
+        num_test: int = 512,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_positive(name, num_train=num_train, num_val=num_val, num_test=num_test)
+        self.check_loader_args(name, batch_size, num_workers)
+        self.save_hyperparameters()
+
+    def generate_split(self, n: int, generator: torch.Generator) -> TensorDataset:
+        """``n`` sequences and their targets, drawn from ``generator``."""
+        raise NotImplementedError
+
+    def make_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+        """The three splits, each from its own seeded stream: changing one size leaves the others alone."""
+        hp = self.hparams
+        sizes = (hp.num_train, hp.num_val, hp.num_test)
+        return tuple(  # type: ignore[return-value]
+            self.generate_split(n, torch.Generator().manual_seed(hp.seed * len(sizes) + i)) for i, n in enumerate(sizes)
+        )
+
+
+class AddingProblemDataModule(GeneratedSequenceDataModule):
     """Hochreiter & Schmidhuber's adding problem, generated from a seed (no files).
 
     Each step carries ``(value, marker)``: values are uniform in ``[0, 1]``, and two markers, one in each half of
@@ -46,12 +88,7 @@ class AddingProblemDataModule(SequenceDataModule):
 
     Args:
         seq_len: Steps per sequence, the distance gradients must travel.
-        num_train: Training sequences.
-        num_val: Validation sequences.
-        num_test: Test sequences.
-        batch_size: Sequences per batch.
-        seed: Seeds the data (each split its own stream) and the shuffling.
-        num_workers: DataLoader worker processes.
+        **kwargs: :class:`GeneratedSequenceDataModule`'s arguments (``num_train``, ``batch_size``, ``seed``, ...).
 
     Example::
 
@@ -67,23 +104,12 @@ class AddingProblemDataModule(SequenceDataModule):
     num_outputs = 1
     task: Literal["regression"] = "regression"
 
-    def __init__(
-        self,
-        seq_len: int = 50,
-        num_train: int = 4096,
-        num_val: int = 512,
-        num_test: int = 512,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        name = type(self).__name__
-        check_positive(name, num_train=num_train, num_val=num_val, num_test=num_test)
-        self.check_loader_args(name, batch_size, num_workers)
+    def __init__(self, seq_len: int = 50, **kwargs: Any) -> None:
         if seq_len < 2:
-            raise ConfigError(f"{name}: seq_len must be >= 2 (one marker per half), got {seq_len}", param="seq_len")
-        self.save_hyperparameters()
+            raise ConfigError(
+                f"{type(self).__name__}: seq_len must be >= 2 (one marker per half), got {seq_len}", param="seq_len"
+            )
+        super().__init__(**kwargs)
 
     @staticmethod
     def generate(n: int, seq_len: int, generator: torch.Generator) -> TensorDataset:
@@ -99,17 +125,12 @@ class AddingProblemDataModule(SequenceDataModule):
         targets = (values * markers).sum(dim=1, keepdim=True)
         return TensorDataset(torch.stack([values, markers], dim=-1), targets)
 
-    def make_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        """The three splits, each from its own seeded stream: changing one size leaves the others alone."""
-        hp = self.hparams
-        sizes = (hp.num_train, hp.num_val, hp.num_test)
-        return tuple(  # type: ignore[return-value]
-            self.generate(n, hp.seq_len, torch.Generator().manual_seed(hp.seed * len(sizes) + i))
-            for i, n in enumerate(sizes)
-        )
+    @override
+    def generate_split(self, n: int, generator: torch.Generator) -> TensorDataset:
+        return self.generate(n, self.hparams.seq_len, generator)
 
 
-class CopyMemoryDataModule(SequenceDataModule):
+class CopyMemoryDataModule(GeneratedSequenceDataModule):
     """The copy-memory task (Arjovsky, Shah & Bengio 2016): recall ``copy_length`` symbols after ``delay`` steps.
 
     Each sequence is one-hot over ``alphabet + 2`` tokens (the symbols ``0 .. alphabet - 1``, then blank, then
@@ -126,12 +147,7 @@ class CopyMemoryDataModule(SequenceDataModule):
             ``delay + copy_length``.
         copy_length: Symbols to remember and repeat.
         alphabet: Distinct symbols (classes), at least 2.
-        num_train: Training sequences.
-        num_val: Validation sequences.
-        num_test: Test sequences.
-        batch_size: Sequences per batch.
-        seed: Seeds the data (each split its own stream) and the shuffling.
-        num_workers: DataLoader worker processes.
+        **kwargs: :class:`GeneratedSequenceDataModule`'s arguments (``num_train``, ``batch_size``, ``seed``, ...).
 
     Raises:
         ConfigError: a bad value; the message names it.
@@ -150,26 +166,12 @@ class CopyMemoryDataModule(SequenceDataModule):
 
     task: Literal["classification"] = "classification"
 
-    def __init__(
-        self,
-        delay: int = 50,
-        copy_length: int = 10,
-        alphabet: int = 8,
-        num_train: int = 4096,
-        num_val: int = 512,
-        num_test: int = 512,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
+    def __init__(self, delay: int = 50, copy_length: int = 10, alphabet: int = 8, **kwargs: Any) -> None:
         name = type(self).__name__
         check_positive(name, delay=delay, copy_length=copy_length)
         if alphabet < 2:
             raise ConfigError(f"{name}: alphabet must be >= 2 symbols, got {alphabet}", param="alphabet")
-        check_positive(name, num_train=num_train, num_val=num_val, num_test=num_test)
-        self.check_loader_args(name, batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.input_size = alphabet + 2
         self.num_outputs = alphabet
         self.output_steps = copy_length
@@ -184,14 +186,10 @@ class CopyMemoryDataModule(SequenceDataModule):
         tokens[:, copy_length + delay - 1] = delimiter
         return TensorDataset(F.one_hot(tokens, alphabet + 2).float(), symbols)
 
-    def make_splits(self) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        """The three splits, each from its own seeded stream: changing one size leaves the others alone."""
+    @override
+    def generate_split(self, n: int, generator: torch.Generator) -> TensorDataset:
         hp = self.hparams
-        sizes = (hp.num_train, hp.num_val, hp.num_test)
-        return tuple(  # type: ignore[return-value]
-            self.generate(n, hp.delay, hp.copy_length, hp.alphabet, torch.Generator().manual_seed(hp.seed * 3 + i))
-            for i, n in enumerate(sizes)
-        )
+        return self.generate(n, hp.delay, hp.copy_length, hp.alphabet, generator)
 
 
 #: How :class:`SequentialDigitsDataModule` reads an image: one pixel per step, or one row per step.
