@@ -30,6 +30,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/lightning_overhead.py
+	$(BIN)/python bench/augment_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -10,6 +10,8 @@ from albumentations.pytorch import ToTensorV2
 
 from gradwatch import DigitsDataModule
 from gradwatch.data import EpochSampler, preset
+from gradwatch.data.augment import reseed
+from gradwatch.data.transforms import Cutout, RandomShift
 from gradwatch.errors import ConfigError
 
 
@@ -76,8 +78,8 @@ def test_sampler_orders_depend_on_seed_and_epoch_only():
 @pytest.mark.parametrize(("size", "pad"), [(8, 1), (16, 2), (32, 4), (224, 28)])
 def test_presets_scale_with_the_image(size, pad):
     pipeline = preset("standard", size, 3)
-    (padding,) = [t for t in pipeline.transforms if isinstance(t, A.PadIfNeeded)]
-    assert (padding.min_height, padding.min_width) == (size + 2 * pad, size + 2 * pad)
+    (shift,) = [t for t in pipeline.transforms if isinstance(t, RandomShift)]
+    assert shift.max_shift == pad
     out = pipeline(image=np.zeros((size, size, 3), np.uint8))["image"]
     assert out.shape == (size, size, 3)
 
@@ -90,8 +92,44 @@ def test_presets_flip_only_where_a_mirror_image_keeps_its_label_and_jitter_colou
     assert A.HorizontalFlip not in kinds("strong", 1, mirror=False)
     assert A.HueSaturationValue in kinds("strong", 3, mirror=True)
     assert A.HueSaturationValue not in kinds("strong", 1, mirror=True)
-    assert {A.Affine, A.CoarseDropout} <= kinds("strong", 1, mirror=True)
+    assert {RandomShift, A.Affine, Cutout} <= kinds("strong", 1, mirror=True)
     assert not DigitsDataModule.mirror  # a mirrored digit is another symbol
+
+
+@pytest.mark.parametrize("name", ["light", "standard", "strong"])
+def test_every_preset_round_trips_through_an_albumentations_file(name, tmp_path):
+    path = tmp_path / f"{name}.yaml"
+    A.save(preset(name, 8, 1), str(path), data_format="yaml")
+    assert "gradwatch.data.transforms.RandomShift" in path.read_text()
+    loaded = DigitsDataModule(augment=str(path)).train_pipeline
+    assert A.to_dict(loaded) == A.to_dict(preset(name, 8, 1))
+
+
+def test_random_shift_is_pad_and_random_crop():
+    image = np.arange(5 * 6 * 2, dtype=np.uint8).reshape(5, 6, 2)
+    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            crop = padded[2 - dy : 7 - dy, 2 - dx : 8 - dx]
+            assert np.array_equal(RandomShift(max_shift=2).apply(image, dy=dy, dx=dx), crop), (dy, dx)
+    shift = RandomShift(max_shift=3)
+    reseed(shift, 0)
+    draws = {tuple(shift.get_params().values()) for _ in range(400)}
+    assert draws == {(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)}
+
+
+def test_cutout_fills_one_hole_of_the_requested_size():
+    image = np.full((40, 50, 3), 200, np.uint8)
+    cutout = Cutout(size_range=(0.2, 0.4), fill=0, p=1.0)
+    for seed in range(50):
+        reseed(cutout, seed)
+        out = cutout(image=image)["image"]
+        rows, cols = np.nonzero((out == 0).all(-1))
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert (out == 0).all(-1).sum() == height * width  # one rectangle
+        assert 8 <= height <= 16
+        assert 10 <= width <= 20
+    assert (image == 200).all()  # the input is left alone
 
 
 def test_unknown_preset_names_the_valid_ones():
@@ -105,7 +143,7 @@ def test_unknown_preset_names_the_valid_ones():
 
 @pytest.mark.parametrize("data_format", ["yaml", "json"])
 def test_an_albumentations_file_in_either_format(data_format, tmp_path):
-    pipeline = A.Compose([A.HorizontalFlip(p=1.0), A.RandomBrightnessContrast(p=1.0)])
+    pipeline = A.Compose([A.HorizontalFlip(p=1.0), A.RandomBrightnessContrast(p=1.0), Cutout(p=1.0)])
     path = tmp_path / f"augment.{data_format}"
     A.save(pipeline, str(path), data_format=data_format)
     dm = DigitsDataModule(augment=str(path))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 from typing_extensions import override
 
+from gradwatch.data.augment import to_unit_range
 from gradwatch.data.base import SplitDataModule, check_held_out
 from gradwatch.errors import ConfigError, unknown_choice
 from gradwatch.models.base import check_positive
@@ -283,7 +284,7 @@ class SequentialDigitsDataModule(SequenceDataModule):
 
     def to_sequences(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images ``(N, H, W, 1)`` as float sequences ``(N, seq_len, input_size)`` in ``[-1, 1]``."""
-        x = images.float() / 127.5 - 1
+        x = to_unit_range(images)
         x = x.reshape(len(x), self.seq_len, self.input_size)  # raster order: row by row, pixel by pixel
         order = self.permutation()
         return x if order is None else x[:, order]
