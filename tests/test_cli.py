@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import column, read_metrics
@@ -73,6 +74,16 @@ def test_fit_cnn_on_digits_then_validate_and_test_its_checkpoint(tmp_path):
         known.add(new_dir)
         (score,) = column(read_metrics(new_dir / "metrics.csv"), key)
         assert score == pytest.approx(column(rows, "val/acc")[-1], abs=tolerance), subcommand
+
+    # Predict: the test set's logits, in order, saved beside the run's files.
+    run = gradwatch("predict", "--model", "CNN", "--data", "DigitsDataModule", "--ckpt_path", str(checkpoint),
+                    *QUICK, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (line,) = [line for line in run.stdout.splitlines() if line.startswith("gradwatch:")]
+    saved = Path(line.split("predictions in ")[1].split(";")[0])
+    logits = torch.load(tmp_path / saved)
+    assert logits.shape == (270, 10)  # 15% of the 1,797 digits
+    assert torch.isfinite(logits).all()
 
 
 @pytest.mark.slow

@@ -59,13 +59,15 @@ class GradwatchCLI(LightningCLI):
         if isinstance(self.model, GradwatchModule):
             self.model.check_data(self.datamodule)
 
-    def _finish(self) -> None:
-        """Close the W&B run and say in one line where everything went."""
+    def _finish(self, saved: str | None = None) -> None:
+        """Close the W&B run and say in one line where everything went (``saved``: what the subcommand wrote)."""
         csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
         wandb_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
         scores = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
         parts = [", ".join(f"{k} {float(v):.4g}" for k, v in sorted(scores.items()))] if scores else []
-        if csv is not None:
+        if saved is not None:
+            parts.append(saved)
+        elif csv is not None:
             parts.append(f"metrics in {Path(csv.log_dir) / 'metrics.csv'}")
         if wandb_logger is not None and self.trainer.is_global_zero:
             import wandb
@@ -78,8 +80,21 @@ class GradwatchCLI(LightningCLI):
         if parts and self.trainer.is_global_zero:
             print("gradwatch: " + "; ".join(parts), flush=True)
 
+    def after_predict(self) -> None:
+        """Save the predictions, one tensor in the test set's order, beside the run's other files."""
+        import torch
+
+        batches = self.trainer.predict_loop.predictions
+        if not batches or not self.trainer.is_global_zero:
+            return self._finish()
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        path = root / "predictions.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torch.cat(batches) if isinstance(batches[0], torch.Tensor) else batches, path)
+        return self._finish(saved=f"predictions in {path}")
+
     # LightningCLI calls `before_<subcommand>` and `after_<subcommand>` when they exist.
-    before_fit = before_validate = before_test = _check_data
+    before_fit = before_validate = before_test = before_predict = _check_data
     after_fit = after_validate = after_test = _finish
 
 
