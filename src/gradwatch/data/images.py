@@ -1,8 +1,8 @@
 """Image DataModules: every one yields ``(images, labels)``, images float ``(C, H, W)`` in ``[-1, 1]``, shape ``dims``.
 
 Images are held in memory as uint8 ``(N, H, W, C)`` arrays at the requested size, resized once; augmentation
-(albumentations, train data only) runs per sample on those arrays, seeded per sample by the sampler so the same
-seed gives the same batches with any number of workers.
+(albumentations, train data only) runs per sample on those arrays, reseeded per batch from seeds the sampler draws
+in the main process, so the same seed gives the same batches with any number of workers.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class ImageDataset(Dataset):
     """uint8 ``(N, H, W, C)`` images and their labels, through an optional albumentations-style transform.
 
-    Indexed with ``(index, sample_seed)`` (what :class:`~gradwatch.data.base.EpochSampler` yields) the transform is
-    reseeded for that sample; with a plain index it is seeded by the index, so evaluation data never varies.
+    Keys are ``(index, sample_seed)`` pairs (what :class:`~gradwatch.data.base.EpochSampler` yields) or plain
+    indices. The transform is reseeded once per batch from its first key's seed, or from its first index, so
+    evaluation data never varies.
     """
 
     def __init__(self, images: np.ndarray, labels: torch.Tensor, transform: Callable[..., Any] | None = None) -> None:
@@ -205,6 +206,8 @@ class ImageDataModule(SplitDataModule):
         images, labels = self._images("train")  # type: ignore[misc]
         test = self._images("test")
         n_val = resolve_split(name, "val_split", hp.val_split, len(labels))
+        if test is None and hp.get("test_split") is None:
+            raise TypeError(f"{name}.load_images('test') returned None: the class needs a `test_split` argument")
         n_test = resolve_split(name, "test_split", hp.test_split, len(labels)) if test is None else 0
         val_idx, test_idx, train_idx = split_indices(len(labels), (n_val, n_test), hp.seed)
         test_images, test_labels = test if test is not None else (images[test_idx], labels[test_idx])
