@@ -204,3 +204,29 @@ def test_train_and_val_transforms_replace_the_pipelines_and_float_output_passes_
     torch.testing.assert_close(next(iter(theirs.train_dataloader()))[0], next(iter(ours.train_dataloader()))[0])
     with pytest.raises(ConfigError, match=r"pass augment='light' or train_transforms, not both"):
         DigitsDataModule(augment="light", train_transforms=normalize)
+
+
+def test_a_resumed_fit_trains_on_the_batches_an_uninterrupted_fit_would(tmp_path):
+    """The Trainer sets the sampler's epoch: epoch e after a resume is what ``set_epoch(e)`` yields, augmented."""
+    import lightning.pytorch as pl
+
+    from conftest import make_trainer
+    from gradwatch import CNN
+
+    seen: list[torch.Tensor] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch[0].clone())
+
+    first = make_trainer(tmp_path / "a", max_epochs=1, max_steps=-1, limit_val_batches=0)
+    first.fit(CNN(depth=1, width=4), datamodule=DigitsDataModule(augment="standard", batch_size=256))
+    first.save_checkpoint(tmp_path / "epoch0.ckpt")
+    resumed = make_trainer(tmp_path / "b", max_epochs=3, max_steps=-1, limit_val_batches=0, callbacks=[Record()])
+    resumed.fit(
+        CNN(depth=1, width=4),
+        datamodule=DigitsDataModule(augment="standard", batch_size=256),  # a fresh sampler, at epoch 0
+        ckpt_path=tmp_path / "epoch0.ckpt",
+    )
+    expected = _epochs(DigitsDataModule(augment="standard", batch_size=256), epochs=3)
+    assert torch.equal(torch.cat(seen), torch.cat(expected[1:]))
