@@ -69,6 +69,7 @@ def test_sampler_orders_depend_on_seed_and_epoch_only():
     b.set_epoch(5)
     assert list(a) == list(b)
     assert list(a) != list(EpochSampler(100, seed=2))
+    assert sorted(EpochSampler(100, seed=-7)) == list(range(100))  # any int a user may pass as seed
     assert sorted(a) == list(range(100))
     seeded = list(EpochSampler(10, seed=1, sample_seeds=True))
     assert [i for i, _ in seeded] == list(EpochSampler(10, seed=1))

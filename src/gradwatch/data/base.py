@@ -58,8 +58,8 @@ def split_indices(n: int, sizes: tuple[int, ...], seed: int) -> list[torch.Tenso
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for one ``(seed, epoch)`` pair."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    """A well-mixed 63-bit seed for one ``(seed, epoch)`` pair (negative seeds too: numpy takes only naturals)."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class EpochSampler(Sampler):
