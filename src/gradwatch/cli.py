@@ -127,6 +127,8 @@ def main(args: list[str] | None = None) -> None:
     # The run folder holds the W&B run beside metrics.csv, and W&B starts first: the CSV logger's "not empty" warning
     # is about that folder, not about a previous run's metrics.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # Lightning 2.6 calls a torch pytree API that torch 2.15 deprecates, once per run: not the user's to act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         GradwatchCLI(args)
     except Exception as exc:
