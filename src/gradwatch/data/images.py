@@ -517,10 +517,11 @@ class ImageFolderDataModule(ImageDataModule):
             arrays = list(pool.map(lambda item: _read_image(item[0], mode, self.dims[1:]), paths))
         bad = [str(path) for (path, _), array in zip(paths, arrays, strict=True) if array is None]
         if len(bad) == len(paths):
+            param = "data_dir" if split == "train" else "test_dir"
             raise ConfigError(
-                f"{type(self).__name__}: none of the {len(paths)} image files under {self.data_dir} could be"
+                f"{type(self).__name__}: none of the {len(paths)} image files under {self.hparams[param]} could be"
                 f" read (e.g. {', '.join(bad[:3])})",
-                param="data_dir" if split == "train" else "test_dir",
+                param=param,
             )
         if bad:
             rank_zero_warn(
