@@ -15,21 +15,9 @@ from gradwatch.errors import ConfigError
 from gradwatch.models.base import check_positive
 
 
-def resolve_split(owner: str, param: str, split: int | float, total: int) -> int:
-    """The number of samples ``split`` asks for out of ``total``: a fraction in ``(0, 1)`` or a count ``>= 1``.
-
-    Raises:
-        ConfigError: the fraction is outside ``(0, 1)``, or the count is not below ``total``.
-    """
-    if isinstance(split, float) and not split.is_integer():
-        if not 0.0 < split < 1.0:
-            raise ConfigError(f"{owner}: {param} must be a fraction in (0, 1) or a count, got {split}", param=param)
-        return round(total * split)
-    if not 0 < split < total:
-        raise ConfigError(
-            f"{owner}: {param}={split} samples must be between 1 and {total - 1} ({total} available)", param=param
-        )
-    return int(split)
+def _is_fraction(split: int | float) -> bool:
+    # 0.15 is a share of the data; 200 and 200.0 (jsonargparse may hand either) are counts.
+    return isinstance(split, float) and not split.is_integer()
 
 
 def check_held_out(owner: str, **splits: int | float | None) -> None:
@@ -41,12 +29,28 @@ def check_held_out(owner: str, **splits: int | float | None) -> None:
     for param, split in splits.items():
         if split is None:
             continue
-        if split <= 0 or (isinstance(split, float) and not split.is_integer() and split >= 1.0):
+        if split <= 0 or (_is_fraction(split) and split >= 1.0):
             raise ConfigError(f"{owner}: {param} must be a fraction in (0, 1) or a count, got {split}", param=param)
-        if isinstance(split, float) and not split.is_integer():
+        if _is_fraction(split):
             fractions[param] = split
     if sum(fractions.values()) >= 1.0:
         raise ConfigError(f"{owner}: {' + '.join(fractions)} = {sum(fractions.values())} leaves nothing to train on")
+
+
+def resolve_split(owner: str, param: str, split: int | float, total: int) -> int:
+    """The number of samples ``split`` asks for out of ``total``: a fraction in ``(0, 1)`` or a count ``>= 1``.
+
+    Raises:
+        ConfigError: the fraction is outside ``(0, 1)``, or the count is not below ``total``.
+    """
+    check_held_out(owner, **{param: split})
+    if _is_fraction(split):
+        return round(total * split)
+    if split >= total:
+        raise ConfigError(
+            f"{owner}: {param}={split} samples must be between 1 and {total - 1} ({total} available)", param=param
+        )
+    return int(split)
 
 
 def split_indices(n: int, sizes: tuple[int, ...], seed: int) -> list[torch.Tensor]:
