@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,17 @@ def read_records(path: str | Path) -> list[wandb_internal_pb2.Record]:
     return records
 
 
-def run_file(run_dir: str | Path) -> Path:
-    """The one ``run-*.wandb`` file under ``run_dir`` (a gradwatch run folder or W&B's own run folder)."""
+def run_file(run_dir: str | Path, timeout: float = 30.0) -> Path:
+    """The one ``run-*.wandb`` file under ``run_dir`` (a gradwatch run folder or W&B's own run folder), finished.
+
+    ``wandb.finish()`` can return before W&B's writer process has flushed the file (seen on a loaded machine), so
+    this waits until the file holds the run's exit record.
+    """
     (found,) = Path(run_dir).rglob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while exit_code(found) is None:
+        assert time.monotonic() < deadline, f"{found} has no exit record after {timeout} s"
+        time.sleep(0.1)
     return found
 
 

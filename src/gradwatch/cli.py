@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from typing_extensions import override
 
+from gradwatch.callbacks.gradient_monitor import GradientMonitor
 from gradwatch.errors import ConfigError
 
 DEFAULT_ROOT_DIR = "runs"
@@ -45,12 +46,19 @@ class GradwatchCLI(LightningCLI):
         )
 
     @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Put :class:`~gradwatch.callbacks.GradientMonitor` on every run, configurable under ``--gradients.*``."""
+        parser.add_lightning_class_args(GradientMonitor, "gradients", subclass_mode=True, required=False)
+        parser.set_defaults({"gradients": {"class_path": "gradwatch.callbacks.GradientMonitor"}})
+
+    @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         if config.get("logger") in (None, True):
             from gradwatch.loggers import default_loggers
 
             config["logger"] = default_loggers(config.get("default_root_dir") or DEFAULT_ROOT_DIR)
-        return super()._instantiate_trainer(config, callbacks)
+        # `--gradients null` turns the always-on GradientMonitor off.
+        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
     def _check_data(self) -> None:
         """Check the model against the data before the Trainer creates any run."""
@@ -116,6 +124,8 @@ def describe(err: ConfigError) -> str:
             section = "model"
         elif isinstance(owner, LightningDataModule):
             section = "data"
+        elif isinstance(owner, GradientMonitor):
+            section = "gradients"
         tb = tb.tb_next
     return f"--{section}.{err.param}: {err}" if section else f"{err.param}: {err}"
 

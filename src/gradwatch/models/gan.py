@@ -198,6 +198,8 @@ class GAN(GradwatchModule):
 
     data_shapes = {"in_channels": ("dims", lambda dims: int(dims[0])), "image_size": ("dims", _square_side)}
     data_kind = "images (an image DataModule with `dims`)"
+    #: Which hyperparameters configure which network, for GradientMonitor's advice (``g_activation=relu``).
+    config_prefixes = {"generator": "g_", "discriminator": "d_"}
 
     def __init__(
         self,

@@ -1,0 +1,95 @@
+"""How gradwatch's callbacks hand metrics and figures to Lightning: every logger, and ``callback_metrics``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+
+def logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs the current batch under (optimizer steps taken, counted once per batch)."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
+    """Log ``metrics`` through every attached logger and publish them in ``trainer.callback_metrics``.
+
+    ``callback_metrics`` is what ``EarlyStopping`` and ``ModelCheckpoint`` monitor, so a callback's metric can be
+    monitored like one the model logs. Loggers log from rank 0 only (Lightning makes them no-ops elsewhere).
+    """
+    if not metrics:
+        return
+    step = logging_step(trainer)
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(metrics), step=step)
+    trainer.callback_metrics.update({key: torch.tensor(float(value)) for key, value in metrics.items()})
+
+
+def log_histograms(trainer: pl.Trainer, histograms: Mapping[str, np.ndarray]) -> None:
+    """Log log10 |grad| histograms (:class:`~gradwatch.health.Measurement`'s layout) to W&B and TensorBoard.
+
+    The zero bucket becomes the leftmost bin, half a decade wide, just below the smallest edge.
+    """
+    from gradwatch.health.stats import HISTOGRAM_EDGES
+
+    edges = np.concatenate([[HISTOGRAM_EDGES[0] - 0.5], HISTOGRAM_EDGES])
+    step = logging_step(trainer)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.log_metrics(
+                {key: wandb.Histogram(np_histogram=(counts, edges)) for key, counts in histograms.items()}, step=step
+            )
+        elif isinstance(logger, TensorBoardLogger):
+            for key, counts in histograms.items():
+                centers = (edges[:-1] + edges[1:]) / 2
+                logger.experiment.add_histogram_raw(
+                    key,
+                    min=float(edges[0]),
+                    max=float(edges[-1]),
+                    num=float(counts.sum()),
+                    sum=float((counts * centers).sum()),
+                    sum_squares=float((counts * centers**2).sum()),
+                    bucket_limits=edges[1:].tolist(),
+                    bucket_counts=counts.tolist(),
+                    global_step=step,
+                )
+
+
+def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], folder: str) -> list[Path]:
+    """Log RGB ``(H, W, 3)`` uint8 images to the loggers that show images, and save each as a PNG.
+
+    The PNGs go into ``<trainer.log_dir>/<folder>/`` (``<key with / as ->-<step>.png``), so a run logged only to
+    CSV keeps its figures too.
+
+    Returns:
+        The paths of the saved PNGs (empty on ranks other than 0).
+    """
+    if not images or not trainer.is_global_zero:
+        return []
+    from PIL import Image
+
+    step = logging_step(trainer)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            # Through log_metrics, so the row carries `trainer/global_step` like every other metric.
+            logger.log_metrics({key: wandb.Image(image) for key, image in images.items()}, step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            for key, image in images.items():
+                logger.experiment.add_image(key, image, global_step=step, dataformats="HWC")
+    out = Path(trainer.log_dir or trainer.default_root_dir) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, image in images.items():
+        path = out / f"{key.replace('/', '-')}-{step}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,297 @@
+"""Activation statistics per activation layer, sampled with forward hooks that exist only while sampling.
+
+Three kinds of activation layers are recognized (``isinstance``, so subclasses count):
+
+- **rectifiers** (the ReLU family: ``ReLU``, ``ReLU6``, ``LeakyReLU``, ``PReLU``, ``RReLU``, ``ELU``, ``CELU``,
+  ``SELU``, ``GELU``, ``SiLU``, ``Mish``, ``Hardswish``): dead fraction, mean, std;
+- **saturating** layers (``Sigmoid``, ``Tanh``, ``Hardtanh``, ``Hardsigmoid``, ``Softsign``): saturated fraction,
+  mean, std;
+- **smooth** layers without a dead or saturated regime (``Softplus``): mean and std only.
+
+Everything else is skipped: ``nn.Identity`` above all, which stands in for "no norm" and "no dropout" in every block
+and is not an activation. A user activation is recognized when it subclasses one of the classes above.
+
+Definitions, for the outputs ``y`` a layer produced during one sampling window (the hooks read the output, so an
+inplace ``ReLU`` is measured correctly):
+
+- ``act/dead/<layer>``: the fraction of *units* whose output is ``<= 0`` for every sample and position of the
+  batch. A unit is a channel: dim 1 of outputs ``(N, C)``, ``(N, C, H, W)`` and ``(N, C, D, H, W)``; the last dim of
+  3-d outputs, which are read as batch-first sequences ``(N, T, F)`` (a ``Conv1d``'s ``(N, C, L)`` is read the same
+  way, so its units are then positions); every element of a 1-d output. For the smooth ReLU relatives (GELU, SiLU,
+  ELU, ...) a dead unit is one that never leaves the negative side, where their gradient is small but not zero.
+- ``act/saturated/<layer>``: the fraction of output elements where the layer's derivative is below
+  :data:`SATURATION` (5%) of its maximum: ``|y| > sqrt(0.95)`` for tanh, ``y (1 - y) < 0.0125`` for sigmoid,
+  ``|y| > 1 - sqrt(0.05)`` for softsign, and the flat parts (``y <= min_val`` or ``y >= max_val``; ``y <= 0`` or
+  ``y >= 1``) for hardtanh and hardsigmoid.
+- ``act/mean/<layer>``, ``act/std/<layer>``: mean and standard deviation (population, divided by the number of
+  elements) of all output elements, accumulated in float32 whatever the output's dtype.
+
+A layer called several times in one window (a ResNet block's shared ``relu``, a recurrent cell's activation over
+time steps, a GAN discriminator run on real and on fake images) is aggregated, not overwritten: mean and std are
+those of all its outputs pooled together, the saturated fraction is weighted by elements and the dead fraction by
+units (each call's units count separately: a unit dead on one call and alive on another counts as half dead).
+
+``<layer>`` is the module path from ``named_modules()`` (``backbone.blocks.3.act``), with ``torch.compile``'s
+``_orig_mod`` components left out, so keys do not change when a submodule is compiled; the root module is
+:data:`~gradwatch.health.layers.ROOT`.
+
+Under ``torch.compile`` the hooks trace into the graph without a graph break. Dynamo does not guard on module hooks
+by default, though (``torch._dynamo.config.skip_nnmodule_hook_guards``), so compiled code that was compiled without
+the hooks keeps running without them: nothing is recorded. With ``skip_nnmodule_hook_guards = False`` attaching
+and detaching switch between two cached graphs, one with hooks and one without (two entries of
+``torch._dynamo.config.cache_size_limit``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from gradwatch.health.layers import ROOT, check_patterns
+
+#: A layer is saturated where its derivative is below this fraction of its maximum.
+SATURATION = 0.05
+
+
+class Kind(str, Enum):
+    """Which statistics an activation layer gets besides mean and std."""
+
+    RECTIFIER = "rectifier"  # dead fraction
+    SATURATING = "saturating"  # saturated fraction
+    SMOOTH = "smooth"  # mean and std only
+
+
+RECTIFIERS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,  # a Hardtanh subclass: rectifiers are matched first, so it counts as a ReLU
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+)
+SMOOTH: tuple[type[nn.Module], ...] = (nn.Softplus,)
+
+_TANH_LIMIT = math.sqrt(1.0 - SATURATION)  # tanh' = 1 - y², at most 1
+_SOFTSIGN_LIMIT = 1.0 - math.sqrt(SATURATION)  # softsign' = (1 - |y|)², at most 1
+_SIGMOID_LIMIT = 0.25 * SATURATION  # sigmoid' = y (1 - y), at most 1/4
+
+Saturation = Callable[[Any, torch.Tensor], torch.Tensor]
+
+#: Saturating classes and where each is saturated, as a function of the module and its output.
+SATURATING: dict[type[nn.Module], Saturation] = {
+    nn.Tanh: lambda m, y: y.abs() > _TANH_LIMIT,
+    nn.Sigmoid: lambda m, y: y * (1.0 - y) < _SIGMOID_LIMIT,
+    nn.Softsign: lambda m, y: y.abs() > _SOFTSIGN_LIMIT,
+    nn.Hardsigmoid: lambda m, y: (y <= 0.0) | (y >= 1.0),
+    nn.Hardtanh: lambda m, y: (y <= m.min_val) | (y >= m.max_val),
+}
+
+
+def activation_kind(module: nn.Module) -> Kind | None:
+    """The kind of activation layer ``module`` is, or ``None`` when it is not one that is measured.
+
+    Example::
+
+        >>> activation_kind(nn.ReLU6()), activation_kind(nn.Tanh()), activation_kind(nn.Identity())
+        (<Kind.RECTIFIER: 'rectifier'>, <Kind.SATURATING: 'saturating'>, None)
+    """
+    if isinstance(module, RECTIFIERS):
+        return Kind.RECTIFIER
+    if isinstance(module, tuple(SATURATING)):
+        return Kind.SATURATING
+    if isinstance(module, SMOOTH):
+        return Kind.SMOOTH
+    return None
+
+
+def _saturation(module: nn.Module) -> Saturation | None:
+    if activation_kind(module) is not Kind.SATURATING:
+        return None
+    return next(test for cls, test in SATURATING.items() if isinstance(module, cls))
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation layer to measure.
+
+    Attributes:
+        name: Module path such as ``backbone.blocks.3.act``; the metric keys use it.
+        module: The layer.
+        kind: Which statistics it gets.
+    """
+
+    name: str
+    module: nn.Module
+    kind: Kind
+
+
+def layer_name(path: str) -> str:
+    """A module path without ``torch.compile``'s ``_orig_mod`` components (:data:`ROOT` for the root)."""
+    return ".".join(part for part in path.split(".") if part != "_orig_mod") or ROOT
+
+
+def find_activations(model: nn.Module, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Activation]:
+    """The activation layers of ``model``, in registration order.
+
+    Args:
+        model: The model.
+        include: fnmatch patterns on layer names; when given, only matching layers are measured.
+        exclude: fnmatch patterns on layer names that are never measured.
+    """
+    found = []
+    for path, module in model.named_modules():
+        kind = activation_kind(module)
+        name = layer_name(path)
+        if kind is None or (include and not any(fnmatch.fnmatchcase(name, p) for p in include)):
+            continue
+        if not any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            found.append(Activation(name, module, kind))
+    return found
+
+
+def unit_dims(ndim: int) -> tuple[int, ...]:
+    """The dims a unit's outputs spread over: all but the unit dim (see the module docstring)."""
+    if ndim <= 1:
+        return ()
+    unit = ndim - 1 if ndim == 3 else 1
+    return tuple(d for d in range(ndim) if d != unit)
+
+
+@dataclass
+class _Call:
+    layer: Activation
+    numel: int
+    units: int
+    values: torch.Tensor  # on the device: mean, variance, then the dead or saturated fraction
+
+
+class ActivationSampler:
+    """Forward hooks on a model's activation layers that collect statistics on the device while attached.
+
+    :meth:`attach` registers one forward hook per activation layer, :meth:`detach` removes them all, and
+    :meth:`read` returns the statistics of the outputs seen in between. The hooks only queue reductions on the
+    outputs' device (no ``.item()``, no data-dependent shapes, so no host sync); :meth:`read` copies everything to
+    the host at once. The metric definitions are in this module's docstring.
+
+    Args:
+        include: fnmatch patterns on layer names (``"backbone.*"``); when given, only matching layers are measured.
+        exclude: fnmatch patterns on layer names that are never measured.
+
+    Raises:
+        ValueError: a pattern is not a non-empty string.
+
+    Example::
+
+        >>> sampler = ActivationSampler()
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1), nn.Sigmoid())
+        >>> _ = sampler.attach(model)
+        >>> _ = model(torch.randn(16, 4))
+        >>> sampler.detach()
+        >>> sorted(sampler.read())
+        ['act/dead/1', 'act/mean/1', 'act/mean/3', 'act/saturated/3', 'act/std/1', 'act/std/3']
+    """
+
+    def __init__(self, *, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> None:
+        self.include = check_patterns(include)
+        self.exclude = check_patterns(exclude)
+        self._handles: list[RemovableHandle] = []
+        self._calls: list[_Call] = []
+
+    @property
+    def attached(self) -> bool:
+        """Whether hooks are registered."""
+        return bool(self._handles)
+
+    def attach(self, model: nn.Module) -> list[Activation]:
+        """Register the hooks on ``model``'s activation layers and start a new window (earlier outputs are dropped).
+
+        Returns:
+            The layers now hooked (empty when none matched).
+
+        Raises:
+            RuntimeError: the hooks are already attached.
+        """
+        if self._handles:
+            raise RuntimeError("ActivationSampler is already attached; detach() first")
+        self._calls.clear()
+        layers = find_activations(model, include=self.include, exclude=self.exclude)
+        self._handles = [
+            layer.module.register_forward_hook(functools.partial(self._record, layer, _saturation(layer.module)))
+            for layer in layers
+        ]
+        return layers
+
+    def detach(self) -> None:
+        """Remove every hook (a no-op when none is attached); what was collected stays until :meth:`read`."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def _record(
+        self, layer: Activation, saturated: Saturation | None, module: nn.Module, args: Any, output: Any
+    ) -> None:
+        if not isinstance(output, torch.Tensor) or output.numel() == 0:
+            return
+        y = output.detach().float()
+        var, mean = torch.var_mean(y, correction=0)
+        parts, units = [mean, var], 0
+        if layer.kind is Kind.RECTIFIER:
+            dims = unit_dims(y.dim())
+            peak = y.amax(dim=dims) if dims else y
+            units = peak.numel()
+            parts.append(torch.count_nonzero(peak <= 0) / units)
+        elif saturated is not None:
+            parts.append(torch.count_nonzero(saturated(module, y)) / y.numel())
+        self._calls.append(_Call(layer, y.numel(), units, torch.stack(parts)))
+
+    def read(self) -> dict[str, float]:
+        """The statistics collected since :meth:`attach`, as ``{"act/<stat>/<layer>": value}``; one host transfer.
+
+        Layers that produced no output are left out. The collected outputs are forgotten.
+        """
+        # Emptied in place, never rebound: a graph ``torch.compile`` traced through the hooks appends to this list.
+        calls = list(self._calls)
+        self._calls.clear()
+        if not calls:
+            return {}
+        host = torch.cat([call.values for call in calls]).tolist()  # the one device → host copy
+        per_layer: dict[str, list[tuple[_Call, list[float]]]] = {}
+        offset = 0
+        for call in calls:
+            size = call.values.numel()
+            per_layer.setdefault(call.layer.name, []).append((call, host[offset : offset + size]))
+            offset += size
+        metrics = {}
+        for name, seen in per_layer.items():
+            metrics.update(_combine(name, seen))
+        return metrics
+
+
+def _combine(name: str, seen: list[tuple[_Call, list[float]]]) -> dict[str, float]:
+    # Pooled mean and variance of all calls (Chan et al.'s parallel formula), fractions weighted by their counts.
+    numel = sum(call.numel for call, _ in seen)
+    mean = sum(call.numel * v[0] for call, v in seen) / numel
+    var = sum(call.numel * (v[1] + (v[0] - mean) ** 2) for call, v in seen) / numel
+    metrics = {f"act/mean/{name}": mean, f"act/std/{name}": math.sqrt(var)}
+    kind = seen[0][0].layer.kind
+    if kind is Kind.RECTIFIER:
+        metrics[f"act/dead/{name}"] = sum(call.units * v[2] for call, v in seen) / sum(call.units for call, _ in seen)
+    elif kind is Kind.SATURATING:
+        metrics[f"act/saturated/{name}"] = sum(call.numel * v[2] for call, v in seen) / numel
+    return metrics

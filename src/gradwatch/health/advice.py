@@ -1,0 +1,91 @@
+"""Likely causes and remedies for a verdict, drawn from the model's own configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gradwatch.health.verdicts import Verdict
+
+#: Activations whose derivative goes to zero for large inputs.
+SATURATING = frozenset({"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid"})
+_NO_NORM = (None, "none", "identity")
+
+
+def _name(value: Any) -> str | None:
+    """A configured layer as a short name: ``"sigmoid"``, ``torch.nn.Sigmoid`` → ``"sigmoid"``."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return value.rsplit(".", 1)[-1].lower()
+    return getattr(value, "__name__", type(value).__name__).lower()
+
+
+def advise(
+    verdict: Verdict,
+    config: Mapping[str, Any],
+    *,
+    prefix: str = "",
+    lr: float | None = None,
+    clipping: bool = False,
+    precision: str | None = None,
+) -> str:
+    """``"likely cause: ...; try ..."`` for ``verdict``, naming the model's settings as the user writes them.
+
+    Args:
+        verdict: The verdict.
+        config: The model's hyperparameters (``activation``, ``depth``, ``norm``, ``residual``, ``cell``...).
+        prefix: Prefix of the network's keys in ``config`` (``"g_"`` for a GAN's generator).
+        lr: The optimizer's learning rate, if known.
+        clipping: Whether the Trainer clips gradients.
+        precision: The Trainer's precision (``"16-mixed"``...).
+
+    Example::
+
+        >>> advise(Verdict.VANISHING, {"activation": "sigmoid", "depth": 24, "residual": False, "norm": "none"})
+        'likely cause: sigmoid × 24 blocks without residual or norm; try activation=relu / residual=true / norm=batch'
+    """
+
+    def get(key: str) -> Any:
+        return config.get(prefix + key)
+
+    activation, norm, cell = _name(get("activation")), _name(get("norm")), _name(get("cell"))
+    depth, residual = get("depth"), get("residual")
+    recurrent = cell is not None
+    causes: list[str] = []
+    fixes: list[str] = []
+    if verdict is Verdict.VANISHING:
+        if cell == "rnn":
+            causes.append("a vanilla rnn cell over long sequences")
+            fixes.append(f"{prefix}cell=lstm")
+        what = activation if activation in SATURATING and cell in (None, "rnn") else None
+        blocks = f" × {depth} {'layers' if recurrent else 'blocks'}" if depth else ""
+        missing = [name for name, off in (("residual", residual is False), ("norm", norm in _NO_NORM)) if off]
+        if what or (missing and depth):
+            causes.append(
+                f"{what or activation or 'the network'}{blocks}"
+                + (f" without {' or '.join(missing)}" if missing else "")
+            )
+        if what:
+            fixes.append(f"{prefix}activation=relu")
+        if residual is False:
+            fixes.append(f"{prefix}residual=true")
+        if norm in _NO_NORM and "norm" in {k[len(prefix) :] for k in config if k.startswith(prefix)}:
+            fixes.append(f"{prefix}norm={'layer' if recurrent else 'batch'}")
+        if not causes:
+            causes.append("depth without skip connections, saturating activations or too small an initialization")
+            fixes.append("residual connections, normalization or a non-saturating activation")
+    else:
+        if verdict is Verdict.NONFINITE:
+            causes.append("a gradient that overflowed, or a NaN / Inf from the loss or the data")
+        else:
+            causes.append("a learning rate too high for this network" + (f" (lr={lr:g})" if lr else ""))
+        if lr:
+            fixes.append(f"lr={lr / 10:g}")
+        if not clipping:
+            fixes.append("gradient_clip_val=1.0")
+        if norm in _NO_NORM and "norm" in {k[len(prefix) :] for k in config if k.startswith(prefix)}:
+            fixes.append(f"{prefix}norm={'layer' if recurrent else 'batch'}")
+        if verdict is Verdict.NONFINITE and precision and precision.startswith("16"):
+            fixes.append("precision=bf16-mixed")
+    return f"likely cause: {'; '.join(causes)}; try {' / '.join(fixes)}"

@@ -1,0 +1,135 @@
+"""Which layers to watch: the modules that own parameters, in forward order (input → output)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: The name of parameters owned directly by the root module (``named_modules`` calls it ``""``).
+ROOT = "<root>"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A watched layer: a module path (or a group of them) and the parameters it owns.
+
+    Attributes:
+        name: Module path such as ``backbone.blocks.3.conv``; the metric keys use it.
+        params: Its trainable parameters, in registration order.
+    """
+
+    name: str
+    params: tuple[nn.Parameter, ...]
+
+    @property
+    def numel(self) -> int:
+        """Number of parameter elements."""
+        return sum(p.numel() for p in self.params)
+
+
+def check_patterns(patterns: Sequence[str] | None) -> tuple[str, ...]:
+    """``patterns`` as a tuple of non-empty strings.
+
+    Raises:
+        ValueError: a pattern is not a non-empty string.
+    """
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        return (patterns,)
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    if bad:
+        raise ValueError(f"patterns must be non-empty strings (fnmatch syntax, e.g. 'backbone.*'), got {bad!r}")
+    return tuple(patterns)
+
+
+def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
+
+
+def group_name(name: str, depth: int | None) -> str:
+    """The first ``depth`` components of a module path (the path itself when ``depth`` is ``None``).
+
+    Example::
+
+        >>> group_name("backbone.blocks.3.conv", 3)
+        'backbone.blocks.3'
+    """
+    return name if depth is None else ".".join(name.split(".")[:depth])
+
+
+def find_layers(
+    model: nn.Module,
+    params: Iterable[nn.Parameter] | None = None,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    group_depth: int | None = None,
+    depths: dict[int, int] | None = None,
+) -> list[Layer]:
+    """The modules of ``model`` that own parameters among ``params``, ordered from input to output.
+
+    Args:
+        model: The model.
+        params: The parameters to watch (one optimizer's); all of ``model``'s when ``None``.
+        include: fnmatch patterns on module paths; when given, only matching modules are watched.
+        exclude: fnmatch patterns on module paths that are never watched.
+        group_depth: Merge modules that share the first ``group_depth`` path components into one layer (a block
+            of a very deep model).
+        depths: ``id(param)`` → distance from the loss in the autograd graph (:func:`graph_depths`). Layers are
+            ordered by it, farthest (input side) first; ties and parameters it lacks keep registration order.
+
+    Returns:
+        The layers, input side first.
+    """
+    wanted = None if params is None else {id(p) for p in params}
+    groups: dict[str, list[nn.Parameter]] = {}
+    for module_name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if wanted is None or id(p) in wanted]
+        if not own or not _selected(module_name or ROOT, include, exclude):
+            continue
+        groups.setdefault(group_name(module_name, group_depth) or ROOT, []).extend(own)
+    layers = [Layer(name, tuple(ps)) for name, ps in groups.items()]
+    if not depths:
+        return layers
+    position = {layer.name: i for i, layer in enumerate(layers)}
+
+    def farthest(layer: Layer) -> int:
+        return max((depths.get(id(p), -1) for p in layer.params), default=-1)
+
+    return sorted(layers, key=lambda layer: (-farthest(layer), position[layer.name]))
+
+
+def graph_depths(loss: torch.Tensor) -> dict[int, int]:
+    """How far each parameter that ``loss`` depends on is from it: the longest path in the autograd graph.
+
+    The graph already holds the forward order, so no forward hooks are needed (they would change what
+    ``torch.compile`` traces). Parameters are keyed by ``id``.
+    """
+    root = loss.grad_fn
+    if root is None:
+        return {}
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:  # iterative post-order DFS: a deep network's graph is deeper than Python's recursion limit
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        stack.extend((child, False) for child, _ in node.next_functions if child is not None and child not in seen)
+    depth = {root: 0}
+    for node in reversed(order):  # parents before children: longest distances settle in one pass
+        below = depth.get(node, 0) + 1
+        for child, _ in node.next_functions:
+            if child is not None and depth.get(child, -1) < below:
+                depth[child] = below
+    return {id(node.variable): depth[node] for node in order if hasattr(node, "variable")}
