@@ -251,6 +251,16 @@ BAD_INPUT = [
         ["--model", "CNN", "--data", "ImageFolderDataModule", "--data.data_dir", "nowhere"],
         "--data.data_dir: ImageFolderDataModule: data_dir 'nowhere' is not a folder",
     ),
+    (
+        ["--model", "CNN", "--gradients.on_exploding", "sotp"],
+        "--gradients.on_exploding: GradientMonitor: on_exploding: unknown action 'sotp'; valid: alert, raise, stop,"
+        " warn (did you mean 'stop'?)",
+    ),
+    (
+        ["--model", "CNN", "--gradients.on_vanishing", "skip"],
+        "--gradients.on_vanishing: GradientMonitor: on_vanishing: unknown action 'skip'; valid: alert, raise, stop, warn",
+    ),
+    (["--model", "CNN", "--gradients.patience", "0"], "--gradients.patience: GradientMonitor: patience must be >= 1"),
 ]
 
 
@@ -267,6 +277,28 @@ def test_bad_input_is_one_paragraph_before_any_run(args, message, tmp_path, caps
     assert message in lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # no run was created, nothing trained
+
+
+@pytest.mark.slow
+def test_gradient_monitor_is_on_by_default_and_stops_a_vanishing_run(tmp_path):
+    run = gradwatch(
+        "fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "12", "--model.activation", "sigmoid",
+        "--model.norm", "none", "--trainer.max_epochs", "3", "--gradients.log_every_n_steps", "2",
+        "--gradients.on_vanishing", "stop", *QUICK, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (stop,) = [line for line in run.stderr.splitlines() if line.startswith("gradwatch: stopping: step 4:")]
+    assert "vanishing gradients in" in stop and "try activation=relu / residual=true / norm=batch" in stop
+    run_dir = only_run_dir(tmp_path / "runs")
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert column(rows, "health/vanishing")[-1] > 0
+    assert len(column(rows, "grad/norm/backbone.stem.conv")) == 3  # steps 0, 2 and 4, then it stopped
+    logged = history(run_file(run_dir))
+    assert any("grad/norm/head" in row for row in logged)
+    assert exit_code(run_file(run_dir)) == 0
+    # The end of fit drew the gradient flow, beside the metrics.
+    drawn = sorted(p.name.rsplit("-", 1)[0] for p in (run_dir / "gradient-flow").iterdir())
+    assert drawn == ["grad-flow-bars", "grad-flow-heatmap"]
 
 
 def test_argument_of_the_wrong_type_is_rejected_by_the_parser(tmp_path, capsys, monkeypatch):

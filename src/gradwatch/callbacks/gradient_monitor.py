@@ -350,6 +350,8 @@ class GradientMonitor(Callback):
             verdicts.discard(Verdict.NONFINITE)
         new = verdicts - group.active
         group.active = verdicts
+        if self.flow_every_n_epochs is not None and any(self.actions[v] == "stop" for v in verdicts):
+            group.magnitudes = group.stats.magnitudes()  # this may be the last step: keep the flow bars' data
         stop_reason = None
         for finding in group.findings:
             if finding.verdict not in verdicts:
@@ -444,7 +446,7 @@ class GradientMonitor(Callback):
             names, suffix = group.stats.names, group.suffix()
             if group.magnitudes is not None:
                 mean, peak = group.magnitudes
-                images[f"grad/flow/bars{suffix}"] = flow_bars(names, mean, peak, title=f"gradient flow {group.name}")
+                images[f"grad/flow/bars{suffix}"] = flow_bars(names, mean, peak, title=f"gradient flow {group.name}".strip())
                 group.magnitudes = None
             with np.errstate(divide="ignore", invalid="ignore"):
                 heat = np.log10(np.array(group.history, dtype=np.float64).T)

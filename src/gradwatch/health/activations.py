@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from gradwatch.health.layers import ROOT, check_patterns
+from gradwatch.health.layers import check_patterns, layer_name
 
 #: A layer is saturated where its derivative is below this fraction of its maximum.
 SATURATION = 0.05
@@ -138,11 +138,6 @@ class Activation:
     name: str
     module: nn.Module
     kind: Kind
-
-
-def layer_name(path: str) -> str:
-    """A module path without ``torch.compile``'s ``_orig_mod`` components (:data:`ROOT` for the root)."""
-    return ".".join(part for part in path.split(".") if part != "_orig_mod") or ROOT
 
 
 def find_activations(model: nn.Module, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Activation]:

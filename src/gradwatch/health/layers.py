@@ -53,6 +53,14 @@ def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool
     return not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
 
 
+def layer_name(path: str) -> str:
+    """A module path without ``torch.compile``'s ``_orig_mod`` components (:data:`ROOT` for the root).
+
+    So a compiled model's metric keys are the same as the plain model's.
+    """
+    return ".".join(part for part in path.split(".") if part != "_orig_mod") or ROOT
+
+
 def group_name(name: str, depth: int | None) -> str:
     """The first ``depth`` components of a module path (the path itself when ``depth`` is ``None``).
 
@@ -92,9 +100,10 @@ def find_layers(
     groups: dict[str, list[nn.Parameter]] = {}
     for module_name, module in model.named_modules():
         own = [p for p in module.parameters(recurse=False) if wanted is None or id(p) in wanted]
-        if not own or not _selected(module_name or ROOT, include, exclude):
+        name = layer_name(module_name)
+        if not own or not _selected(name, include, exclude):
             continue
-        groups.setdefault(group_name(module_name, group_depth) or ROOT, []).extend(own)
+        groups.setdefault(group_name(name, group_depth), []).extend(own)
     layers = [Layer(name, tuple(ps)) for name, ps in groups.items()]
     if not depths:
         return layers
