@@ -258,7 +258,8 @@ BAD_INPUT = [
     ),
     (
         ["--model", "CNN", "--gradients.on_vanishing", "skip"],
-        "--gradients.on_vanishing: GradientMonitor: on_vanishing: unknown action 'skip'; valid: alert, raise, stop, warn",
+        "--gradients.on_vanishing: GradientMonitor: on_vanishing: unknown action 'skip'; valid: alert, raise, stop,"
+        " warn",
     ),
     (["--model", "CNN", "--gradients.patience", "0"], "--gradients.patience: GradientMonitor: patience must be >= 1"),
 ]
@@ -288,7 +289,8 @@ def test_gradient_monitor_is_on_by_default_and_stops_a_vanishing_run(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     (stop,) = [line for line in run.stderr.splitlines() if line.startswith("gradwatch: stopping: step 4:")]
-    assert "vanishing gradients in" in stop and "try activation=relu / residual=true / norm=batch" in stop
+    assert "vanishing gradients in" in stop
+    assert "try activation=relu / residual=true / norm=batch" in stop
     run_dir = only_run_dir(tmp_path / "runs")
     rows = read_metrics(run_dir / "metrics.csv")
     assert column(rows, "health/vanishing")[-1] > 0

@@ -446,7 +446,8 @@ class GradientMonitor(Callback):
             names, suffix = group.stats.names, group.suffix()
             if group.magnitudes is not None:
                 mean, peak = group.magnitudes
-                images[f"grad/flow/bars{suffix}"] = flow_bars(names, mean, peak, title=f"gradient flow {group.name}".strip())
+                title = f"gradient flow {group.name}".strip()
+                images[f"grad/flow/bars{suffix}"] = flow_bars(names, mean, peak, title=title)
                 group.magnitudes = None
             with np.errstate(divide="ignore", invalid="ignore"):
                 heat = np.log10(np.array(group.history, dtype=np.float64).T)
