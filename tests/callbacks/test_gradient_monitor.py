@@ -291,7 +291,7 @@ def test_logs_reach_csv_and_wandb_and_callback_metrics(tmp_path):
     from gradwatch.loggers import default_loggers
     from wandb_records import history, run_file
 
-    monitor = GradientMonitor(log_every_n_steps=2, histograms=True, flow_every_n_epochs=None)
+    monitor = GradientMonitor(log_every_n_steps=2, histograms=True, flow_every_n_epochs=0)
     trainer = make_trainer(tmp_path, max_steps=4, logger=default_loggers(tmp_path, run_id="both"), callbacks=[monitor])
     model = CNN(depth=2, width=4)
     trainer.fit(model, digits())
@@ -306,7 +306,49 @@ def test_logs_reach_csv_and_wandb_and_callback_metrics(tmp_path):
     (row,) = [row for row in wandb_rows if "grad/hist/head/values" in row][:1]
     assert row["grad/hist/head/_type"] == "histogram"
     assert sum(row["grad/hist/head/values"]) == sum(p.numel() for p in model.head.parameters())
+    # The end of fit drew the gradient flow: two images and a native W&B bar chart over a table of the layers.
+    flow = {key.split("/")[2] for row in wandb_rows for key in row if key.startswith("grad/flow/")}
+    assert flow == {"bars", "heatmap", "chart_table"}
     assert trainer.callback_metrics["health/exploding"] == 0
+
+
+def tensorboard_events(folder) -> list:
+    """Every event of the TensorBoard event files under ``folder`` (TFRecord framing: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack_from("<Q", data, pos)
+            event = event_pb2.Event()
+            event.ParseFromString(data[pos + 12 : pos + 12 + length])
+            events.append(event)
+            pos += 12 + length + 4
+    return events
+
+
+def test_tensorboard_gets_scalars_histograms_and_flow_images(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    monitor = GradientMonitor(log_every_n_steps=2, histograms=True, flow_every_n_epochs=0)
+    logger = TensorBoardLogger(tmp_path, name="tb", version="")
+    trainer = make_trainer(tmp_path, max_steps=4, logger=logger, callbacks=[monitor])
+    model = CNN(depth=2, width=4)
+    trainer.fit(model, digits())
+    logger.experiment.flush()
+    values = [(value.tag, value) for event in tensorboard_events(tmp_path / "tb") for value in event.summary.value]
+    scalars = [v.simple_value for tag, v in values if tag == "grad/norm_total"]
+    assert len(scalars) == 2
+    assert all(s > 0 for s in scalars)
+    histograms = [v.histo for tag, v in values if tag == "grad/hist/head"]
+    assert len(histograms) == 2
+    assert histograms[0].num == sum(p.numel() for p in model.head.parameters())
+    images = {tag: v.image for tag, v in values if tag.startswith("grad/flow/")}
+    assert set(images) == {"grad/flow/bars", "grad/flow/heatmap"}
+    assert images["grad/flow/bars"].height > 100
 
 
 def test_early_stopping_monitors_a_health_key(tmp_path):

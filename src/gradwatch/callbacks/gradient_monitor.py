@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
-from gradwatch.callbacks.publish import log_histograms, log_images, log_metrics, logging_step
+from gradwatch.callbacks.publish import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step
 from gradwatch.errors import ConfigError, unknown_choice
 from gradwatch.health import Finding, GradientStatistics, HealthDetector, Measurement, Verdict, advise
 from gradwatch.health.layers import check_patterns, find_layers, graph_depths
@@ -448,6 +448,8 @@ class GradientMonitor(Callback):
                 mean, peak = group.magnitudes
                 title = f"gradient flow {group.name}".strip()
                 images[f"grad/flow/bars{suffix}"] = flow_bars(names, mean, peak, title=title)
+                table = {"layer": names, "mean |grad|": mean.tolist(), "max |grad|": peak.tolist()}
+                log_wandb_bars(trainer, f"grad/flow/chart{suffix}", table, "layer", "max |grad|")
                 group.magnitudes = None
             with np.errstate(divide="ignore", invalid="ignore"):
                 heat = np.log10(np.array(group.history, dtype=np.float64).T)

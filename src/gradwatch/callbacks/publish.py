@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -60,6 +61,18 @@ def log_histograms(trainer: pl.Trainer, histograms: Mapping[str, np.ndarray]) ->
                     bucket_counts=counts.tolist(),
                     global_step=step,
                 )
+
+
+def log_wandb_bars(trainer: pl.Trainer, key: str, table: Mapping[str, Sequence[Any]], x: str, y: str) -> None:
+    """Log ``table`` (column → values) to W&B as a table and a native bar chart of ``y`` over ``x``, if W&B is on."""
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+    if logger is None or not trainer.is_global_zero:
+        return
+    import wandb
+
+    columns = list(table)
+    data = wandb.Table(columns=columns, data=[list(row) for row in zip(*table.values(), strict=True)])
+    logger.log_metrics({key: wandb.plot.bar(data, x, y, title=key)}, step=logging_step(trainer))
 
 
 def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], folder: str) -> list[Path]:
