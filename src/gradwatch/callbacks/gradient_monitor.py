@@ -200,7 +200,7 @@ class GradientMonitor(Callback):
         #: Why the monitor stopped training, if it did.
         self.stopped_reason: str | None = None
         self._groups: dict[int, _Group] = {}
-        self._depths: dict[int, int] = {}
+        self._depths: dict[int, tuple[int, int]] = {}
         self._every = 1
         self._loaded: dict[str, Any] | None = None
         self._flow_step: int | None = None
@@ -379,7 +379,8 @@ class GradientMonitor(Callback):
         if may_stop and trainer.strategy.reduce_boolean_decision(stop_reason is not None, all=False):
             self.stopped_reason = stop_reason or "another process saw a gradient verdict"
             trainer.should_stop = True
-            if trainer.is_global_zero:
+            # Each process that saw the verdict says why; rank 0 says it stops in any case.
+            if stop_reason is not None or trainer.is_global_zero:
                 log.warning("gradwatch: stopping: %s", self.stopped_reason)
 
     def _line(

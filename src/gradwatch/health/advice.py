@@ -66,7 +66,7 @@ def advise(
                 f"{what or activation or 'the network'}{blocks}"
                 + (f" without {' or '.join(missing)}" if missing else "")
             )
-        if what:
+        if what and not recurrent:  # a ReLU vanilla RNN trades vanishing for exploding; gated cells are the fix
             fixes.append(f"{prefix}activation=relu")
         if residual is False:
             fixes.append(f"{prefix}residual=true")

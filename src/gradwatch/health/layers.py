@@ -79,7 +79,7 @@ def find_layers(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     group_depth: int | None = None,
-    depths: dict[int, int] | None = None,
+    depths: dict[int, tuple[int, int]] | None = None,
 ) -> list[Layer]:
     """The modules of ``model`` that own parameters among ``params``, ordered from input to output.
 
@@ -90,8 +90,8 @@ def find_layers(
         exclude: fnmatch patterns on module paths that are never watched.
         group_depth: Merge modules that share the first ``group_depth`` path components into one layer (a block
             of a very deep model).
-        depths: ``id(param)`` → distance from the loss in the autograd graph (:func:`graph_depths`). Layers are
-            ordered by it, farthest (input side) first; ties and parameters it lacks keep registration order.
+        depths: ``id(param)`` → place in the autograd graph (:func:`graph_depths`). Layers are ordered by it,
+            nearest the input first; ties and parameters it lacks keep registration order.
 
     Returns:
         The layers, input side first.
@@ -109,15 +109,18 @@ def find_layers(
         return layers
     position = {layer.name: i for i, layer in enumerate(layers)}
 
-    def farthest(layer: Layer) -> int:
-        return max((depths.get(id(p), -1) for p in layer.params), default=-1)
+    def farthest(layer: Layer) -> tuple[int, int]:
+        return max((depths.get(id(p), (-1, 0)) for p in layer.params), default=(-1, 0))
 
-    return sorted(layers, key=lambda layer: (-farthest(layer), position[layer.name]))
+    return sorted(layers, key=lambda layer: (tuple(-x for x in farthest(layer)), position[layer.name]))
 
 
-def graph_depths(loss: torch.Tensor) -> dict[int, int]:
-    """How far each parameter that ``loss`` depends on is from it: the longest path in the autograd graph.
+def graph_depths(loss: torch.Tensor) -> dict[int, tuple[int, int]]:
+    """Where each parameter that ``loss`` depends on sits in the autograd graph: larger is nearer the input.
 
+    The key is ``(depth, -position)``: the longest path from ``loss`` to the parameter, then (for ties) minus
+    its position among its parent node's inputs. Under ``torch.compile`` the whole network is one backward node
+    whose inputs are the parameters in forward first-use order, so the position keeps the forward order there.
     The graph already holds the forward order, so no forward hooks are needed (they would change what
     ``torch.compile`` traces). Parameters are keyed by ``id``.
     """
@@ -135,10 +138,10 @@ def graph_depths(loss: torch.Tensor) -> dict[int, int]:
         seen.add(node)
         stack.append((node, True))
         stack.extend((child, False) for child, _ in node.next_functions if child is not None and child not in seen)
-    depth = {root: 0}
+    place = {root: (0, 0)}
     for node in reversed(order):  # parents before children: longest distances settle in one pass
-        below = depth.get(node, 0) + 1
-        for child, _ in node.next_functions:
-            if child is not None and depth.get(child, -1) < below:
-                depth[child] = below
-    return {id(node.variable): depth[node] for node in order if hasattr(node, "variable")}
+        below = place.get(node, (0, 0))[0] + 1
+        for position, (child, _) in enumerate(node.next_functions):
+            if child is not None and place.get(child, (-1, 0)) < (below, -position):
+                place[child] = (below, -position)
+    return {id(node.variable): place[node] for node in order if hasattr(node, "variable")}

@@ -1,0 +1,124 @@
+"""The detector's verdicts on scripted measurements, and the advice drawn from a model's configuration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradwatch.health import HealthDetector, Measurement, Verdict, advise
+
+NAMES = ("stem", "blocks.0", "blocks.1", "head")
+
+
+def measure(*norms: float, nonfinite=None) -> Measurement:
+    return Measurement(
+        NAMES,
+        np.full(4, 10),
+        np.array(norms, dtype=float),
+        np.ones(4),
+        nonfinite=None if nonfinite is None else np.array(nonfinite),
+    )
+
+
+def test_attenuation_names_the_layers_far_below_the_last():
+    detector = HealthDetector(max_attenuation=4, patience=1)
+    (finding,) = detector.update(measure(1e-9, 1e-6, 1e-2, 1.0))
+    assert finding.verdict is Verdict.VANISHING
+    assert finding.layers == ("stem", "blocks.0")
+    assert finding.of == 4
+    assert "10^-9.0 of the last's" in finding.evidence
+
+
+def test_vanishing_needs_patience_measurements_in_a_row():
+    detector = HealthDetector(patience=3)
+    weak, healthy = measure(1e-9, 1e-3, 1e-1, 1.0), measure(0.5, 0.5, 0.5, 1.0)
+    assert detector.update(weak) == []
+    assert detector.update(weak) == []
+    assert detector.update(healthy) == []  # the streak starts again
+    assert detector.update(weak) == []
+    assert detector.update(weak) == []
+    assert [f.verdict for f in detector.update(weak)] == [Verdict.VANISHING]
+
+
+def test_floor_catches_a_uniformly_tiny_gradient():
+    (finding,) = HealthDetector(vanishing_norm=1e-8, patience=1).update(measure(1e-10, 1e-10, 1e-10, 1e-10))
+    assert finding.layers == NAMES
+    assert "under 1e-08" in finding.evidence
+
+
+def test_ceiling_names_the_exploding_layers():
+    (finding,) = HealthDetector(exploding_norm=1e3).update(measure(5e3, 2e3, 10.0, 1.0))
+    assert finding.verdict is Verdict.EXPLODING
+    assert finding.layers == ("stem", "blocks.0")
+
+
+def test_nonfinite_names_exactly_its_layers_and_suspends_the_others():
+    detector = HealthDetector(patience=1)
+    (finding,) = detector.update(measure(1e-12, np.nan, 1.0, 1.0, nonfinite=[0, 3, 0, 0]))
+    assert finding.verdict is Verdict.NONFINITE
+    assert finding.layers == ("blocks.0",)
+    assert finding.describe() == "non-finite gradients in 1 of 4 layers (blocks.0): 3 NaN/Inf gradient values"
+
+
+def test_state_round_trips():
+    detector = HealthDetector(patience=3)
+    detector.update(measure(1e-9, 1e-3, 1e-1, 1.0))
+    resumed = HealthDetector(patience=3)
+    resumed.load_state_dict(detector.state_dict())
+    resumed.update(measure(1e-9, 1e-3, 1e-1, 1.0))
+    assert [f.verdict for f in resumed.update(measure(1e-9, 1e-3, 1e-1, 1.0))] == [Verdict.VANISHING]
+
+
+@pytest.mark.parametrize("bad", [{"patience": 0}, {"max_growth": 0}, {"exploding_norm": -1.0}])
+def test_bad_thresholds(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        HealthDetector(**bad)
+
+
+def test_describe_shortens_long_layer_lists():
+    (finding,) = HealthDetector(vanishing_norm=1.0, patience=1).update(measure(0.1, 0.1, 0.1, 0.1))
+    assert finding.describe(shown=2).startswith("vanishing gradients in 4 of 4 layers (stem, blocks.0, … +2)")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "config", "kwargs", "expected"),
+    [
+        (
+            Verdict.VANISHING,
+            {"cell": "rnn", "activation": "tanh", "depth": 3, "norm": "none", "residual": False},
+            {},
+            "likely cause: a vanilla rnn cell over long sequences; tanh × 3 layers without residual or norm;"
+            " try cell=lstm / residual=true / norm=layer",
+        ),
+        (
+            Verdict.VANISHING,
+            {"g_activation": "torch.nn.Sigmoid", "g_depth": 4, "g_norm": "batch", "g_residual": False},
+            {"prefix": "g_"},
+            "likely cause: sigmoid × 4 blocks without residual; try g_activation=relu / g_residual=true",
+        ),
+        (
+            Verdict.EXPLODING,
+            {"norm": "none"},
+            {"lr": 0.5},
+            "likely cause: a learning rate too high for this network (lr=0.5); try lr=0.05 / gradient_clip_val=1.0"
+            " / norm=batch",
+        ),
+        (
+            Verdict.NONFINITE,
+            {},
+            {"lr": 1e-3, "clipping": True, "precision": "16-mixed"},
+            "likely cause: a gradient that overflowed, or a NaN / Inf from the loss or the data; try lr=0.0001"
+            " / precision=bf16-mixed",
+        ),
+        (
+            Verdict.VANISHING,
+            {},
+            {},
+            "likely cause: depth without skip connections, saturating activations or too small an initialization;"
+            " try residual connections, normalization or a non-saturating activation",
+        ),
+    ],
+    ids=["rnn", "gan-generator", "exploding", "nonfinite-fp16", "unknown-model"],
+)
+def test_advice_is_drawn_from_the_configuration(verdict, config, kwargs, expected):
+    assert advise(verdict, config, **kwargs) == expected
