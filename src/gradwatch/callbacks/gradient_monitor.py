@@ -22,6 +22,9 @@ from gradwatch.health.layers import check_patterns, find_layers, graph_depths
 ACTIONS = ("warn", "alert", "stop", "raise")
 NONFINITE_ACTIONS = (*ACTIONS, "skip")
 
+#: Most measurements the gradient-flow heatmap keeps (it thins itself beyond, so checkpoints stay small).
+HISTORY = 1000
+
 # Verdicts are one line each on stderr (logging's last-resort handler when the user configured none), not warnings,
 # which would print the source line under them.
 log = logging.getLogger("gradwatch")
@@ -48,6 +51,13 @@ class _Group:
     nonfinite_streak: int = 0
     snapshot_step: int | None = None
     magnitudes: tuple[np.ndarray, np.ndarray] | None = None
+
+    def record(self, step: int, grad_norm: np.ndarray) -> None:
+        """Add a measurement to the heatmap's history; past :data:`HISTORY` columns, keep every other one."""
+        self.steps.append(step)
+        self.history.append([float(x) for x in grad_norm])
+        if len(self.steps) > HISTORY:  # the heatmap spans the whole run at a coarser step, in bounded memory
+            self.steps, self.history = self.steps[::2], self.history[::2]
 
     def suffix(self) -> str:
         return f"/{self.name}" if self.name else ""
@@ -295,8 +305,7 @@ class GradientMonitor(Callback):
         m = group.stats.measure()
         group.findings = group.detector.update(m)
         group.measured += 1
-        group.steps.append(step)
-        group.history.append([float(x) for x in m.grad_norm])
+        group.record(step, m.grad_norm)
         # Lightning clips by norm when no algorithm is given.
         clip = trainer.gradient_clip_val if trainer.gradient_clip_algorithm in (None, "norm") else None
         if clip and m.total_norm > clip:
@@ -305,7 +314,7 @@ class GradientMonitor(Callback):
         log_metrics(trainer, metrics)
         if self.histograms and m.histograms is not None:
             log_histograms(trainer, {f"grad/hist/{name}": m.histograms[i] for i, name in enumerate(m.names)})
-        self._act(trainer, pl_module, group, optimizer, step)
+        self._act(trainer, pl_module, group, optimizer)
 
     def _metrics(self, group: _Group, m: Measurement, clip: float | None) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -331,12 +340,7 @@ class GradientMonitor(Callback):
         return {key: float(value) for key, value in metrics.items()}
 
     def _act(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        group: _Group,
-        optimizer: torch.optim.Optimizer,
-        step: int,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, group: _Group, optimizer: torch.optim.Optimizer
     ) -> None:
         verdicts = {f.verdict for f in group.findings}
         nonfinite = Verdict.NONFINITE in verdicts
@@ -357,7 +361,7 @@ class GradientMonitor(Callback):
             if finding.verdict not in verdicts:
                 continue
             action = self.actions[finding.verdict]
-            line = self._line(trainer, pl_module, group, optimizer, finding, step)
+            line = self._line(trainer, pl_module, group, optimizer, finding)
             if finding.verdict is Verdict.NONFINITE and action in ("skip", "stop", "raise"):
                 _drop_gradients(optimizer)
             if action == "raise":
@@ -390,7 +394,6 @@ class GradientMonitor(Callback):
         group: _Group,
         optimizer: torch.optim.Optimizer,
         finding: Finding,
-        step: int,
     ) -> str:
         prefix = getattr(pl_module, "config_prefixes", {}).get(group.name, "")
         advice = advise(
@@ -402,7 +405,7 @@ class GradientMonitor(Callback):
             precision=str(trainer.precision),
         )
         where = f"{group.name} " if group.name else ""
-        return f"step {step}: {where}{finding.describe()}; {advice}"
+        return f"step {group.steps[-1]}: {where}{finding.describe()}; {advice}"
 
     def _alert(self, trainer: pl.Trainer, finding: Finding, line: str) -> None:
         logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)

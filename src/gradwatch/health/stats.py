@@ -109,6 +109,7 @@ class GradientStatistics:
         self.layer_of = np.array([i for i, layer in enumerate(self.layers) for _ in layer.params], dtype=np.int64)
         self.numel = np.array([layer.numel for layer in self.layers], dtype=np.int64)
         self.histograms = histograms
+        self._buffer: list[torch.Tensor] | None = None
         self._snapshot: list[torch.Tensor] | None = None
 
     def _grads(self) -> tuple[list[int], list[torch.Tensor]]:
@@ -117,8 +118,15 @@ class GradientStatistics:
 
     @torch.no_grad()
     def snapshot(self) -> None:
-        """Copy the parameters (one fused op), so the next :meth:`measure` can report the update made in between."""
-        self._snapshot = torch._foreach_mul(self.params, 1.0)
+        """Copy the parameters (one fused op), so the next :meth:`measure` can report the update made in between.
+
+        The copy goes into a buffer kept between snapshots: allocating it anew each time cost more than the copy
+        itself on CPU (fresh pages). It holds one copy of the watched parameters.
+        """
+        if self._buffer is None:
+            self._buffer = [torch.empty_like(p, memory_format=torch.preserve_format) for p in self.params]
+        torch._foreach_copy_(self._buffer, self.params)
+        self._snapshot = self._buffer
 
     def discard_snapshot(self) -> None:
         """Forget a snapshot whose update will not be measured (the measurement did not happen)."""
@@ -128,17 +136,17 @@ class GradientStatistics:
     def measure(self) -> Measurement:
         """Measure the current gradients: fused norms on the device, one copy to the host."""
         present, grads = self._grads()
-        parts = [torch.stack(torch._foreach_norm(self.params)).float()]
-        if grads:
-            parts.append(torch.stack(torch._foreach_norm(grads)).float())
+        tensors = [*self.params, *grads]
         update = self._snapshot is not None
         if update:
             torch._foreach_sub_(self._snapshot, self.params)  # before − after: the update, in the snapshot's memory
-            parts.append(torch.stack(torch._foreach_norm(self._snapshot)).float())
+            tensors += self._snapshot
             self._snapshot = None
+        # One fused norm over weights, gradients and updates, accumulated in float32 whatever their dtype.
+        parts = [torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))]
         if self.histograms and grads:
             parts.append(torch.cat([self._histogram(g) for g in grads]))
-        host = torch.cat(parts).cpu().numpy()  # the one device → host copy
+        host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy()  # the one device → host copy
 
         n_layers, n_params, n_grads = len(self.layers), len(self.params), len(grads)
         param_norm = _per_layer_norm(host[:n_params], self.layer_of, n_layers)
@@ -149,7 +157,7 @@ class GradientStatistics:
             index = self.layer_of[present]
             has_grad = np.bincount(index, minlength=n_layers) > 0
             grad_norm[has_grad] = _per_layer_norm(host[offset : offset + n_grads], index, n_layers)[has_grad]
-            offset += n_grads
+        offset += n_grads
         update_norm = None
         if update:
             update_norm = _per_layer_norm(host[offset : offset + n_params], self.layer_of, n_layers)
@@ -193,7 +201,7 @@ class GradientStatistics:
         _, grads = self._grads()
         if not grads:
             return True
-        return bool(torch.stack(torch._foreach_norm(grads)).sum().isfinite().item())
+        return bool(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).sum().isfinite().item())
 
     @torch.no_grad()
     def magnitudes(self) -> tuple[np.ndarray, np.ndarray]:
