@@ -23,6 +23,9 @@ QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 def gradwatch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m gradwatch ARGS`` in ``cwd``, offline, and return the finished process."""
     environ = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    # A test earlier in this worker that ran W&B in-process left WANDB_SERVICE set: a child would attach to that
+    # worker's W&B service instead of starting its own, as a user's command does.
+    environ.pop("WANDB_SERVICE", None)
     return subprocess.run(
         [sys.executable, "-m", "gradwatch", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
     )

@@ -49,8 +49,11 @@ def run_file(run_dir: str | Path, timeout: float = 30.0) -> Path:
     ``wandb.finish()`` can return before W&B's writer process has flushed the file (seen on a loaded machine), so
     this waits until the file holds the run's exit record.
     """
-    (found,) = Path(run_dir).rglob("run-*.wandb")
     deadline = time.monotonic() + timeout
+    while not (files := list(Path(run_dir).rglob("run-*.wandb"))):
+        assert time.monotonic() < deadline, f"no run-*.wandb under {run_dir} after {timeout} s"
+        time.sleep(0.1)
+    (found,) = files
     while exit_code(found) is None:
         assert time.monotonic() < deadline, f"{found} has no exit record after {timeout} s"
         time.sleep(0.1)

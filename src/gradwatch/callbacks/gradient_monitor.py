@@ -109,8 +109,9 @@ class GradientMonitor(Callback):
         exclude: fnmatch patterns of module paths never watched.
         group_depth: Merge modules sharing the first ``group_depth`` path components into one layer (one entry
             per block of a very deep model).
-        update_ratio: Also measure update-to-parameter ratios (copies the parameters one step before each
-            measurement).
+        update_ratio: Also measure update-to-parameter ratios: the parameters are copied one optimizer step
+            before each measurement, into a buffer kept for the run (one copy of the watched parameters), and the
+            ratio logged at a step is that of the update made at the step before it.
         histograms: Also log log10 |grad| histograms per layer (``grad/hist/<layer>``) to W&B and TensorBoard;
             the leftmost bucket counts exact zeros.
         vanishing_norm: A layer's gradient norm under this is vanishing.
