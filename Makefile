@@ -31,6 +31,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/lightning_overhead.py
 	$(BIN)/python bench/augment_throughput.py
+	$(BIN)/python bench/gradient_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

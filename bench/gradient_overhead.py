@@ -1,0 +1,662 @@
+"""What does watching gradients cost per training step: GradientMonitor versus wandb.watch and Lightning's grad_norm?
+
+A by-hand benchmark: CI never runs it, and nothing here asserts on time. The targets we report against, on CPU:
+
+- ``GradientMonitor(log_every_n_steps=50)``: step-time ratio against no monitor of at most 1.02;
+- ``GradientMonitor(log_every_n_steps=1)``: at least 10× less *added* time per step than
+  ``wandb.watch(model, log="gradients", log_freq=1)``;
+- one logging step's statistics (host transfer included, logger I/O excluded) cost at most 4× one bare
+  ``torch._foreach_norm`` pass over the same gradients, the floor: one read of every gradient.
+
+What it measures
+    **Part 1, training.** The same ``gradwatch.CNN(depth=8, width=32, num_classes=10, in_channels=3)`` (about
+    1.4 MB of float32 parameters; the output prints the exact size) on random 8×8 RGB images held in memory
+    (a ``TensorDataset``, batch 64, one epoch, no workers), trained with Adam under ``Trainer.fit`` with:
+
+    - ``no monitor``;
+    - ``GradientMonitor(log_every_n_steps=1)`` and ``=50``, both with ``flow_every_n_epochs=None`` (no images)
+      and their defaults otherwise (update ratios on: a parameter snapshot one step before each measurement);
+    - ``wandb.watch(model, log="gradients", log_freq=1)`` and ``log_freq=50`` (called in ``on_fit_start``, once
+      the model is on its device; ``wandb.unwatch`` at the end of fit);
+    - Lightning's ``grad_norm(pl_module, norm_type=2)`` in a callback's ``on_before_optimizer_step``, logged with
+      ``pl_module.log_dict``, as Lightning's documentation recommends. It is computed every step; Lightning hands
+      it to the logger every ``log_every_n_steps`` (50) steps, like the model's own ``train/loss``.
+
+    Every variant runs with the same logger: a ``WandbLogger`` attached to one offline W&B run
+    (``WANDB_MODE=offline``, ``WANDB_SILENT=true``, system metrics off) opened once for the whole benchmark,
+    with the x-axis ``WandbLogger`` defines for runs it creates itself. Only the callback differs, so the model's
+    own logging (``train/loss`` every 50 steps, ``train/acc``) and W&B's background process are common to all.
+    GradientMonitor writes its metrics through that logger at every measurement; wandb.watch queues its
+    histograms into the run's pending row (``commit=False``), which the next logged row commits.
+
+    Images are 8×8, not 32×32, on purpose: at 32×32 this CNN takes over a second per step on two cores, at 8×8
+    tens of milliseconds, the regime where a per-step tax shows. The gradients (what the monitors read) are the
+    same size at any image size.
+
+    One intra-op thread by default (``torch.set_num_threads(1)``, ``--threads`` to change it). On a 2-core machine
+    that other processes share, two threads stall at every parallel region whenever one core is taken: steps of
+    40 ms then take 1.5 s now and again, noise a hundred times the effect being measured. One thread keeps step
+    times within a few per cent. Two threads on an idle machine make the model's own work about 1.4× faster
+    and the monitors' work (one-thread dispatch and Python) hardly at all, so ratios there are somewhat larger.
+
+How time is taken
+    A timing callback records ``time.perf_counter()`` at every ``on_train_batch_start`` (after
+    ``torch.cuda.synchronize()`` on CUDA); a step's time is the gap to the next step's start, so it covers the
+    whole step: forward, backward, every callback, the optimizer and the logger I/O Lightning does after
+    ``on_train_batch_end``. Each fit runs ``--warmup + --steps + 1`` steps and keeps steps ``--warmup`` ..
+    ``--warmup + --steps - 1``; with ``--steps`` a multiple of 50, that window holds exactly ``--steps / 50``
+    logging steps of every 50-step variant (and their snapshot steps). Fit set-up and teardown are excluded:
+    the question is the per-step tax.
+
+    Repetitions are interleaved: each round runs every variant once, and the order rotates by one variant per
+    round, so slow drift, and W&B's background process still flushing one variant's data while the next runs,
+    fall on every variant alike. One untimed short fit per variant first absorbs first-use costs.
+
+    The headline number is robust to a noisy 2-core machine shared with other processes: for every step index
+    of the window, the median of that step's time over the repetitions, then the mean over the window
+    ("per-step medians"). A burst of contention hits one repetition at some steps and the median drops it, yet
+    a logging step, which recurs at the same step index in every repetition, is fully counted: a plain median of
+    step times would ignore the 1-in-50 logging steps, exactly the cost that the every-50-steps target is
+    about. Next to it, each run's mean step time, median [min-max] over the repetitions, shows how noisy the
+    machine was. "Added" is a variant's time per step minus no monitor's.
+
+    What the medians cannot remove is drift from one run to the next: another process busy for the length of a
+    fit shifts all of its steps, by ±10 % on a shared machine, five times the every-50-steps target. So the
+    every-50-steps variants get a second, paired estimate taken within each run: the extra time of the steps at
+    49 and 0 (mod 50) (the snapshot and logging steps of ``GradientMonitor``, wandb.watch's 50th backward and
+    Lightning's own logging of ``train/loss``) over that run's median step, its median over the runs, minus the
+    same figure without a monitor, spread over 50 steps: ``1 + extra / (50 × median step without a monitor)``.
+    It assumes the other 48 steps cost what they cost without a monitor; the monitors do nothing there but
+    return from their hooks (on CUDA, ``--profile`` checks that they add no kernel and no sync).
+
+    **Part 2, micro-benchmark.** After one forward and backward of the same CNN on one batch, with
+    ``stats = GradientStatistics(find_layers(model, depths=graph_depths(loss)))``, the median over
+    ``--micro-repeats`` interleaved repetitions (synchronized on CUDA) of:
+
+    - ``foreach_norm``: ``torch.stack(torch._foreach_norm(grads)).cpu()``, the floor;
+    - ``measure()`` without update ratio (no snapshot pending);
+    - ``snapshot()``, then an untimed ``SGD`` step, then ``measure()``: the snapshot and the measurement with
+      update ratios, timed separately; their sum is what one logging step of the default monitor costs.
+
+    ``measure()`` includes its host-side work (per-layer reduction in numpy, the :class:`Measurement`); logging
+    is not part of it.
+
+    **``--profile``.** On CUDA: the torch profiler over steps 1, 2, 48, 49, 50 and 51 (one profiler per step,
+    from ``on_train_batch_start`` to ``on_train_batch_end``, synchronized at both ends), once without a monitor
+    and once with ``GradientMonitor(log_every_n_steps=50)``, ``logger=False``. It counts CUDA kernels,
+    ``Memcpy DtoH`` copies and ``cuda*Synchronize`` calls per step; the difference is what the monitor adds.
+    By design: nothing on quiet steps, the snapshot's copy kernels (no transfer) on step 49, and on the logging
+    step 50 the statistics kernels and exactly one device-to-host copy. On CPU: ``cProfile`` over one fit of
+    GradientMonitor every step and one of wandb.watch every step, the top functions by cumulative time in the
+    monitors' own code.
+
+How to run
+    ``.venv/bin/python bench/gradient_overhead.py`` with the defaults: 200 timed steps, 5 repeats, one thread,
+    2,000 micro repetitions; about 8 minutes on 2 cores. ``--quick`` is a smoke run of about a minute (numbers
+    meaningless). Options: ``--device cpu|cuda``, ``--steps``, ``--repeats``, ``--warmup``, ``--micro-repeats``,
+    ``--depth``, ``--width``, ``--image-size``, ``--batch-size``, ``--threads``, ``--profile``, ``--json PATH``.
+    Run it on an otherwise idle machine; the last line gives the load average to check.
+
+How to read it
+    A ratio of 1.02 means the variant's steps took 2 % longer than without a monitor. If a variant's run-mean
+    range is wider than the gap being judged, the machine was busy: rerun with more ``--repeats``. Step times
+    shrink with a smaller ``--image-size`` or ``--batch-size`` while the gradients stay the same, so the ratios
+    grow: they describe this model at this step time, not a constant of the monitor.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import logging
+import platform
+import pstats
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import wandb
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import grad_norm
+from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
+
+import gradwatch
+from gradwatch.callbacks import GradientMonitor
+from gradwatch.health import GradientStatistics, find_layers, graph_depths
+
+SEED = 0
+LOG_EVERY_N_STEPS = 50  # the Trainer's, explicit: the model's own logging cadence, the same in every variant
+TARGET_SPARSE = 1.02
+TARGET_ADDED = 10.0
+TARGET_MICRO = 4.0
+UNTIMED_STEPS = 6
+PROFILE_STEPS = (1, 2, 48, 49, 50, 51)
+
+
+# --- the variants -----------------------------------------------------------------------------------------------
+
+
+class GradNormLogger(pl.Callback):
+    """Lightning's documented recipe: ``grad_norm`` before each optimizer step, logged with ``log_dict``."""
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        pl_module.log_dict(grad_norm(pl_module, norm_type=2))
+
+
+class WandbWatch(pl.Callback):
+    """``wandb.watch(model, log="gradients", log_freq=...)`` once the model is on its device; unwatched at the end."""
+
+    def __init__(self, log_freq: int) -> None:
+        self.log_freq = log_freq
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        wandb.watch(pl_module, log="gradients", log_freq=self.log_freq)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        wandb.unwatch(pl_module)
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    callbacks: Callable[[], list[pl.Callback]]
+
+
+def _monitor(every: int) -> Callable[[], list[pl.Callback]]:
+    return lambda: [GradientMonitor(log_every_n_steps=every, flow_every_n_epochs=None)]
+
+
+VARIANTS = (
+    Variant("none", "no monitor", list),
+    Variant("gm1", "GradientMonitor every step", _monitor(1)),
+    Variant("gm50", "GradientMonitor every 50 steps", _monitor(50)),
+    Variant("watch1", "wandb.watch log_freq=1", lambda: [WandbWatch(1)]),
+    Variant("watch50", "wandb.watch log_freq=50", lambda: [WandbWatch(50)]),
+    Variant("grad_norm", "Lightning grad_norm every step", lambda: [GradNormLogger()]),
+)
+BY_KEY = {v.key: v for v in VARIANTS}
+SPARSE = ("gm50", "watch50")  # the variants whose work recurs every 50 steps
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+
+class StepTimer(pl.Callback):
+    """``time.perf_counter()`` at every ``on_train_batch_start`` (synchronized first on CUDA)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.starts: list[float] = []
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.starts.append(time.perf_counter())
+
+
+@dataclass
+class Bench:
+    """What every fit shares: arguments, data, the W&B run."""
+
+    args: argparse.Namespace
+    loader: DataLoader
+    run: Any
+    tmp: Path
+    final_loss: dict[str, list[float]] = field(default_factory=dict)
+
+
+def build_model(args: argparse.Namespace) -> gradwatch.CNN:
+    torch.manual_seed(SEED)
+    return gradwatch.CNN(depth=args.depth, width=args.width, num_classes=10, in_channels=3)
+
+
+def make_loader(args: argparse.Namespace, steps: int) -> DataLoader:
+    g = torch.Generator().manual_seed(SEED)
+    n = args.batch_size * steps  # one epoch: no epoch-end work inside the timed window
+    x = torch.randn(n, 3, args.image_size, args.image_size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=False)
+
+
+def trainer_for(
+    args: argparse.Namespace, steps: int, callbacks: list[pl.Callback], logger: Any, root: Path
+) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        max_steps=steps,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=LOG_EVERY_N_STEPS,
+        callbacks=callbacks,
+        default_root_dir=root,
+    )
+
+
+def run_fit(bench: Bench, variant: Variant, warmup: int, steps: int) -> np.ndarray:
+    """Step times (s) of steps ``warmup`` .. ``warmup + steps - 1`` of one fit."""
+    args = bench.args
+    timer = StepTimer(args.device == "cuda")
+    model = build_model(args)
+    trainer = trainer_for(
+        args, warmup + steps + 1, [timer, *variant.callbacks()], WandbLogger(experiment=bench.run), bench.tmp
+    )
+    gc.collect()
+    trainer.fit(model, train_dataloaders=bench.loader)
+    if trainer.global_step != warmup + steps + 1:
+        raise RuntimeError(f"{variant.label}: ran {trainer.global_step} of {warmup + steps + 1} steps")
+    bench.final_loss.setdefault(variant.key, []).append(float(trainer.callback_metrics["train/loss"]))
+    return np.diff(timer.starts)[warmup : warmup + steps]
+
+
+def part_training(bench: Bench) -> dict[str, np.ndarray]:
+    args = bench.args
+    for variant in VARIANTS:  # untimed: first-use costs (imports, kernel selection, the first watch)
+        run_fit(bench, variant, 0, UNTIMED_STEPS)
+    bench.final_loss.clear()
+    times: dict[str, list[np.ndarray]] = {v.key: [] for v in VARIANTS}
+    for r in range(args.repeats):
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
+        for variant in order:
+            times[variant.key].append(run_fit(bench, variant, args.warmup, args.steps))
+        print(f"  round {r + 1}/{args.repeats} done", flush=True)
+    return {key: np.stack(runs) for key, runs in times.items()}
+
+
+def periodic_extra_ms(runs: np.ndarray, warmup: int) -> float:
+    """Median over runs of the extra time (ms) of steps 49 and 0 (mod 50) over that run's median step, summed."""
+    phase = (warmup + np.arange(runs.shape[1])) % LOG_EVERY_N_STEPS
+    extras = [
+        run[phase == 0].mean() + run[phase == LOG_EVERY_N_STEPS - 1].mean() - 2.0 * np.median(run) for run in runs
+    ]
+    return 1000.0 * float(np.median(extras))
+
+
+def report_training(times: dict[str, np.ndarray], final_loss: dict[str, list[float]], warmup: int) -> dict[str, Any]:
+    """Per variant: per-step medians (ms), run means (ms), ratios and added time against no monitor."""
+    summary: dict[str, Any] = {}
+    for key, runs in times.items():
+        means = 1000.0 * runs.mean(axis=1)
+        summary[key] = {
+            "per_step_median_ms": 1000.0 * float(np.median(runs, axis=0).mean()),
+            "run_mean_median_ms": float(np.median(means)),
+            "run_mean_min_ms": float(means.min()),
+            "run_mean_max_ms": float(means.max()),
+            "run_step_median_ms": 1000.0 * float(np.median(np.median(runs, axis=1))),
+            "periodic_extra_ms": periodic_extra_ms(runs, warmup),
+        }
+    base = summary["none"]
+    for s in summary.values():
+        s["ratio"] = s["per_step_median_ms"] / base["per_step_median_ms"]
+        s["added_ms"] = s["per_step_median_ms"] - base["per_step_median_ms"]
+        s["run_mean_ratio"] = s["run_mean_median_ms"] / base["run_mean_median_ms"]
+        # Paired within each run, so free of run-to-run drift; the baseline's own extra at those steps (Lightning
+        # logs train/loss at step 49 mod 50) is subtracted. Meaningful for the every-50-steps variants.
+        extra = s["periodic_extra_ms"] - base["periodic_extra_ms"]
+        s["within_run_ratio"] = 1.0 + extra / (LOG_EVERY_N_STEPS * base["run_step_median_ms"])
+
+    print()
+    print(f"{'':32}{'per-step medians':>30}{'run means':>33}{'steps 49+50 (mod 50)':>26}")
+    print(
+        f"{'':32}{'ms/step':>10}{'ratio':>8}{'added ms':>12}{'median [min-max] ms':>25}{'ratio':>8}"
+        f"{'extra ms':>12}{'ratio':>14}"
+    )
+    for variant in VARIANTS:
+        s = summary[variant.key]
+        spread = f"{s['run_mean_median_ms']:.2f} [{s['run_mean_min_ms']:.2f}-{s['run_mean_max_ms']:.2f}]"
+        sparse = f"{s['within_run_ratio']:14.4f}" if variant.key in SPARSE else f"{'':14}"
+        print(
+            f"{variant.label:32}{s['per_step_median_ms']:10.2f}{s['ratio']:8.3f}{s['added_ms']:+12.3f}"
+            f"{spread:>25}{s['run_mean_ratio']:8.3f}{s['periodic_extra_ms']:+12.2f}{sparse}"
+        )
+    losses = [loss for runs in final_loss.values() for loss in runs]
+    if losses:
+        print(f"same work check: final train/loss over every run and variant spans {max(losses) - min(losses):.3g}")
+    return summary
+
+
+# --- micro-benchmark ----------------------------------------------------------------------------------------------
+
+
+def part_micro(args: argparse.Namespace) -> dict[str, float]:
+    device = torch.device(args.device)
+    model = build_model(args).to(device).train()
+    g = torch.Generator().manual_seed(SEED)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g).to(device)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+    loss = model.compute_loss(model(x), y)
+    depths = graph_depths(loss)
+    loss.backward()
+    stats = GradientStatistics(find_layers(model, depths=depths))
+    grads = [p.grad for p in stats.params if p.grad is not None]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def timed(fn: Callable[[], Any]) -> float:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - start
+
+    samples: dict[str, list[float]] = {"foreach_norm": [], "measure": [], "snapshot": [], "measure_update": []}
+
+    def floor() -> None:
+        samples["foreach_norm"].append(timed(lambda: torch.stack(torch._foreach_norm(grads)).cpu()))
+
+    def plain() -> None:
+        samples["measure"].append(timed(stats.measure))
+
+    def with_update() -> None:
+        samples["snapshot"].append(timed(stats.snapshot))
+        optimizer.step()
+        samples["measure_update"].append(timed(stats.measure))
+
+    units = (floor, plain, with_update)
+    warm = max(10, args.micro_repeats // 20)
+    for i in range(warm + args.micro_repeats):
+        for unit in units[i % 3 :] + units[: i % 3]:
+            unit()
+    med = {key: 1e6 * statistics.median(values[warm:]) for key, values in samples.items()}
+    med["update_total"] = med["snapshot"] + med["measure_update"]
+
+    n_params = sum(g.numel() for g in grads)
+    print()
+    print(
+        f"micro-benchmark: {len(grads)} gradients ({n_params:,} elements, {len(stats.layers)} layers),"
+        f" median of {args.micro_repeats} interleaved repetitions"
+    )
+    print(f"{'':52}{'µs':>10}{'× foreach_norm':>16}")
+    rows = (
+        ("foreach_norm", "torch.stack(torch._foreach_norm(grads)).cpu()"),
+        ("measure", "measure(), no update ratio"),
+        ("snapshot", "snapshot() (the step before)"),
+        ("measure_update", "measure() with update ratio"),
+        ("update_total", "snapshot() + measure(): one default logging step"),
+    )
+    for key, label in rows:
+        print(f"{label:52}{med[key]:10.1f}{med[key] / med['foreach_norm']:16.2f}")
+    return med
+
+
+# --- profiles -----------------------------------------------------------------------------------------------------
+
+
+class StepProfiler(pl.Callback):
+    """One torch profiler per chosen step, from ``on_train_batch_start`` to ``on_train_batch_end``; counts events."""
+
+    def __init__(self, steps: tuple[int, ...]) -> None:
+        self.steps = set(steps)
+        self.counts: dict[int, dict[str, int]] = {}
+        self._prof: torch.profiler.profile | None = None
+        self._step = -1
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step in self.steps:
+            torch.cuda.synchronize()
+            self._step = trainer.global_step
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            self._prof = torch.profiler.profile(activities=activities)
+            self._prof.start()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._prof is None:
+            return
+        torch.cuda.synchronize()
+        self._prof.stop()
+        self.counts[self._step] = count_events(self._prof.events())
+        self._prof = None
+
+
+def count_events(events: Any) -> dict[str, int]:
+    """CUDA kernels, device-to-host copies and host-side ``cuda*Synchronize`` calls among profiler events."""
+    counts = {"kernels": 0, "dtoh": 0, "syncs": 0}
+    for evt in events:
+        name = evt.name
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            if name.startswith("Memcpy DtoH"):
+                counts["dtoh"] += 1
+            elif not name.startswith(("Memcpy", "Memset")) and getattr(evt, "activity_type", "kernel") in (
+                "kernel",
+                "",
+                None,
+            ):
+                counts["kernels"] += 1
+        elif name.startswith("cuda") and name.endswith("Synchronize"):
+            counts["syncs"] += 1
+    return counts
+
+
+def profile_cuda(args: argparse.Namespace, loader: DataLoader, tmp: Path) -> dict[str, Any]:
+    counts = {}
+    for key in ("none", "gm50"):
+        profiler = StepProfiler(PROFILE_STEPS)
+        model = build_model(args)
+        trainer = trainer_for(args, max(PROFILE_STEPS) + 1, [profiler, *BY_KEY[key].callbacks()], False, tmp)
+        trainer.fit(model, train_dataloaders=loader)
+        counts[key] = profiler.counts
+    print()
+    print("CUDA profile, GradientMonitor(log_every_n_steps=50) against no monitor (logger=False), per step:")
+    print(f"{'step':>6}  {'role':10}{'kernels':>24}{'Memcpy DtoH':>24}{'cuda*Synchronize':>24}")
+    print(f"{'':18}" + f"{'none':>8}{'GM':>8}{'added':>8}" * 3)
+    checks = {"quiet steps add no kernel, copy or sync": True, "the logging step adds exactly one DtoH copy": True}
+    for step in PROFILE_STEPS:
+        none, gm = counts["none"][step], counts["gm50"][step]
+        added = {k: gm[k] - none[k] for k in none}
+        role = "logging" if step % 50 == 0 else "snapshot" if (step + 1) % 50 == 0 else "quiet"
+        cells = "".join(f"{none[k]:8d}{gm[k]:8d}{added[k]:+8d}" for k in ("kernels", "dtoh", "syncs"))
+        print(f"{step:6d}  {role:10}{cells}")
+        if role == "quiet" and any(added.values()):
+            checks["quiet steps add no kernel, copy or sync"] = False
+        if role == "logging" and added["dtoh"] != 1:
+            checks["the logging step adds exactly one DtoH copy"] = False
+    print("(the snapshot step, one before the logging step, adds the parameter copy's kernels and no transfer)")
+    if not any(c["kernels"] for c in counts["none"].values()):
+        print("  WARNING: the profiler recorded no CUDA kernel (is CUPTI available?); the checks below mean nothing")
+    for label, ok in checks.items():
+        print(f"  {'PASS' if ok else 'FAIL'}: {label}")
+    return {"counts": counts, "checks": checks}
+
+
+def profile_cpu(bench: Bench) -> None:
+    pattern = r"gradient_monitor|health/stats|callbacks/publish|wandb_torch|wandb_run|utilities/grads|loggers/wandb"
+    for key in ("gm1", "watch1"):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run_fit(bench, BY_KEY[key], 0, 100)
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(pattern, 14)
+        lines = [line for line in out.getvalue().splitlines() if line.strip()]
+        start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+        print()
+        print(f"cProfile, {BY_KEY[key].label}, 101 steps (cumulative time; the monitor's own code):")
+        print("\n".join(lines[start:]))
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def verdicts(summary: dict[str, Any], micro: dict[str, float]) -> dict[str, bool]:
+    results: dict[str, bool] = {}
+    print()
+    for key, label in (("ratio", "per-step medians"), ("within_run_ratio", "within runs")):
+        ratio = summary["gm50"][key]
+        results[f"every_50_{key}"] = ratio <= TARGET_SPARSE
+        print(
+            f"{'PASS' if ratio <= TARGET_SPARSE else 'FAIL'}: GradientMonitor every 50 steps, {label}: step-time"
+            f" ratio {ratio:.4f} (target <= {TARGET_SPARSE:.2f}; {100 * (ratio - 1):+.2f} %)"
+        )
+    gm, watch = summary["gm1"]["added_ms"], summary["watch1"]["added_ms"]
+    if gm <= 0:
+        results["every_step"] = watch > 0
+        print(
+            f"{'PASS' if results['every_step'] else 'FAIL'}: GradientMonitor every step added {gm:+.3f} ms/step (no"
+            f" measurable time), wandb.watch log_freq=1 added {watch:+.3f} ms/step (target: 10× less added time)"
+        )
+    else:
+        factor = watch / gm
+        results["every_step"] = factor >= TARGET_ADDED
+        print(
+            f"{'PASS' if results['every_step'] else 'FAIL'}: GradientMonitor every step added {gm:.3f} ms/step,"
+            f" wandb.watch log_freq=1 {watch:.3f} ms/step: {factor:.1f}× less (target >= {TARGET_ADDED:.0f}×)"
+        )
+    for key, label in (
+        ("update_total", "with update ratio (default), snapshot included"),
+        ("measure_update", "with update ratio, snapshot (the step before) excluded"),
+        ("measure", "without update ratio"),
+    ):
+        factor = micro[key] / micro["foreach_norm"]
+        results[f"micro_{key}"] = factor <= TARGET_MICRO
+        print(
+            f"{'PASS' if factor <= TARGET_MICRO else 'FAIL'}: one logging step's statistics {label}:"
+            f" {factor:.2f}× one foreach_norm pass (target <= {TARGET_MICRO:.0f}×)"
+        )
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: cpu)")
+    parser.add_argument("--steps", type=int, help="timed steps per fit, a multiple of 50 (default: 200; quick: 50)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds of every variant (default: 5; quick: 2)")
+    parser.add_argument("--warmup", type=int, help="untimed steps at the start of each fit (default: 10; quick: 5)")
+    parser.add_argument("--micro-repeats", type=int, help="micro-benchmark repetitions (default: 2000; quick: 200)")
+    parser.add_argument("--depth", type=int, default=8, help="CNN depth (default: 8)")
+    parser.add_argument("--width", type=int, default=32, help="CNN width (default: 32)")
+    parser.add_argument("--image-size", type=int, default=8, help="side of the random RGB images (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default: 1)")
+    parser.add_argument("--profile", action="store_true", help="also profile (kernel counts on CUDA, cProfile on CPU)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute; numbers meaningless")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every measurement here")
+    args = parser.parse_args(argv)
+    defaults = {"steps": (200, 50), "repeats": (5, 2), "warmup": (10, 5), "micro_repeats": (2000, 200)}
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.micro_repeats < 1:
+        parser.error("--steps, --repeats and --micro-repeats must be >= 1, --warmup >= 0")
+    if args.steps % LOG_EVERY_N_STEPS:
+        parser.error(f"--steps must be a multiple of {LOG_EVERY_N_STEPS}, so every fit holds as many logging steps")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    began = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("gradwatch").setLevel(logging.ERROR)  # a verdict on random data would be noise here
+    for message in (
+        "does not have many workers",
+        "have no `val_dataloader`",
+        "There is a wandb run already in progress",
+        "smaller than the logging interval",
+        r"isinstance\(treespec, LeafSpec\)",
+    ):
+        warnings.filterwarnings("ignore", message=f".*{message}")
+
+    model = build_model(args)
+    n_params = sum(p.numel() for p in model.parameters())
+    mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    print(
+        f"gradwatch.CNN(depth={args.depth}, width={args.width}, num_classes=10, in_channels=3): {n_params:,}"
+        f" parameters = {mb:.2f} MB in {len(list(model.parameters()))} tensors; random {args.image_size}×"
+        f"{args.image_size} RGB, batch {args.batch_size}"
+    )
+    print(
+        f"{args.steps} timed steps (after {args.warmup}) × {args.repeats} interleaved rounds on {where};"
+        f" torch {torch.__version__}, lightning {lightning.__version__}, wandb {wandb.__version__},"
+        f" python {platform.python_version()}"
+    )
+
+    with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        run = wandb.init(
+            mode="offline",
+            dir=tmp,
+            project="gradwatch-bench",
+            settings=wandb.Settings(x_disable_stats=True, console="off", silent=True),
+        )
+        # The x-axis WandbLogger defines on runs it creates (here the run is handed to it).
+        run.define_metric("trainer/global_step")
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        loader = make_loader(args, args.warmup + args.steps + 1)
+        bench = Bench(args, loader, run, tmp)
+        try:
+            times = part_training(bench)
+            summary = report_training(times, bench.final_loss, args.warmup)
+            micro = part_micro(args)
+            results = verdicts(summary, micro)
+            profile = None
+            if args.profile and args.device == "cuda":
+                profile = profile_cuda(args, loader, tmp)
+            elif args.profile:
+                profile_cpu(bench)
+        finally:
+            wandb.finish()
+
+    if args.json is not None:
+        result = {
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "versions": {"torch": torch.__version__, "lightning": lightning.__version__, "wandb": wandb.__version__},
+            "parameters_mb": mb,
+            "step_times_ms": {key: (1000.0 * runs).tolist() for key, runs in times.items()},
+            "summary": summary,
+            "micro_us": micro,
+            "targets": results,
+            "profile": profile,
+        }
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    elapsed = time.perf_counter() - began
+    print(f"took {elapsed:.0f} s; load average over the last 5 minutes: {os.getloadavg()[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
