@@ -24,6 +24,8 @@ _EXPORTS = {
     "AddingProblemDataModule": "gradwatch.data",
     "CopyMemoryDataModule": "gradwatch.data",
     "SequentialDigitsDataModule": "gradwatch.data",
+    "GradientMonitor": "gradwatch.callbacks",
+    "ActivationMonitor": "gradwatch.callbacks",
     "ConfigError": "gradwatch.errors",
     "default_loggers": "gradwatch.loggers",
 }
@@ -32,12 +34,14 @@ __all__ = [
     "CNN",
     "GAN",
     "RNN",
+    "ActivationMonitor",
     "AddingProblemDataModule",
     "CIFAR10DataModule",
     "ConfigError",
     "CopyMemoryDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "GradientMonitor",
     "GradwatchModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
@@ -46,6 +50,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from gradwatch.callbacks import ActivationMonitor, GradientMonitor
     from gradwatch.data import (
         AddingProblemDataModule,
         CIFAR10DataModule,
