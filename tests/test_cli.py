@@ -49,6 +49,7 @@ def test_fit_cnn_on_digits_then_validate_and_test_its_checkpoint(tmp_path):
     (line,) = [line for line in fit.stdout.splitlines() if line.startswith("gradwatch:")]
     wandb_dir = next((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert f"metrics in {Path('runs') / run_id / 'metrics.csv'}" in line
+    assert "gradients healthy" in line  # the GradientMonitor runs by default and found nothing wrong
     assert f"upload: wandb sync {wandb_dir.relative_to(tmp_path)}" in line or f"wandb sync {wandb_dir}" in line
 
     rows = read_metrics(run_dir / "metrics.csv")
@@ -294,6 +295,8 @@ def test_gradient_monitor_is_on_by_default_and_stops_a_vanishing_run(tmp_path):
     (stop,) = [line for line in run.stderr.splitlines() if line.startswith("gradwatch: stopping: step 4:")]
     assert "vanishing gradients in" in stop
     assert "try activation=relu / residual=true / norm=batch" in stop
+    (summary,) = [line for line in run.stdout.splitlines() if line.startswith("gradwatch:")]
+    assert "gradients: vanishing in" in summary
     run_dir = only_run_dir(tmp_path / "runs")
     rows = read_metrics(run_dir / "metrics.csv")
     assert column(rows, "health/vanishing")[-1] > 0

@@ -73,6 +73,14 @@ class GradwatchCLI(LightningCLI):
         wandb_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
         scores = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
         parts = [", ".join(f"{k} {float(v):.4g}" for k, v in sorted(scores.items()))] if scores else []
+        verdicts = {
+            k.removeprefix("health/"): int(v)
+            for k, v in self.trainer.callback_metrics.items()
+            if k in ("health/vanishing", "health/exploding", "health/nonfinite")
+        }
+        if verdicts:  # the GradientMonitor's last word: how many layers each verdict named at the last measurement
+            named = ", ".join(f"{verdict} in {n} layers" for verdict, n in verdicts.items() if n)
+            parts.append(f"gradients: {named}" if named else "gradients healthy")
         if saved is not None:
             parts.append(saved)
         elif csv is not None:
