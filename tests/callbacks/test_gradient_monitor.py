@@ -275,14 +275,17 @@ def test_bf16_mixed_precision(tmp_path):
 
 
 def test_update_ratio_is_the_last_update_over_the_weights(tmp_path):
-    # Plain SGD: the update is exactly lr × grad, so the ratio at step k is lr × ‖grad_{k-1}‖ / ‖weights_k‖.
+    # Plain SGD: the update at step k-1 is exactly lr × grad_{k-1}, so the ratio logged at step k is
+    # lr × ‖grad_{k-1}‖ / ‖weights_k‖, all three read back from the CSV.
     model = CNN(depth=2, width=4, norm="none", optimizer=SGD)
-    monitor = GradientMonitor(log_every_n_steps=2, flow_every_n_epochs=None)
-    fit(tmp_path, model, digits(), monitor, max_steps=3)
+    monitor = GradientMonitor(log_every_n_steps=1, flow_every_n_epochs=None)
+    fit(tmp_path, model, digits(), monitor, max_steps=4)
     rows = metrics(tmp_path)
+    grads, weights = column(rows, "grad/norm/head"), column(rows, "param/norm/head")
     ratio = column(rows, "grad/update_ratio/head")
-    assert len(ratio) == 1  # step 2 only: nothing was updated before step 0
-    assert 1e-5 < ratio[0] < 1e-1
+    assert len(ratio) == 3  # steps 1-3: nothing was updated before step 0
+    expected = [0.05 * grads[k - 1] / weights[k] for k in (1, 2, 3)]
+    assert ratio == pytest.approx(expected, rel=1e-4)
 
 
 def test_logs_reach_csv_and_wandb_and_callback_metrics(tmp_path):
