@@ -425,3 +425,16 @@ def test_include_exclude_and_grouping(tmp_path):
     fit(tmp_path, CNN(depth=3, width=4), digits(), monitor, max_steps=1)
     (group,) = monitor._groups.values()
     assert group.stats.names == ("backbone.stem.conv", "backbone.blocks.0", "backbone.blocks.1", "backbone.blocks.2")
+
+
+def test_works_without_any_logger(tmp_path):
+    monitor = GradientMonitor(log_every_n_steps=1, flow_every_n_epochs=0)
+    trainer = fit(
+        tmp_path, CNN(depth=2, width=4), digits(), monitor, max_steps=2, logger=False, default_root_dir=tmp_path
+    )
+    assert trainer.callback_metrics["health/vanishing"] == 0
+    assert float(trainer.callback_metrics["grad/norm_total"]) > 0
+    assert sorted(p.name for p in (tmp_path / "gradient-flow").iterdir()) == [
+        "grad-flow-bars-2.png",
+        "grad-flow-heatmap-2.png",
+    ]
