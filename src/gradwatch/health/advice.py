@@ -52,40 +52,40 @@ def advise(
     activation, norm, cell = _name(get("activation")), _name(get("norm")), _name(get("cell"))
     depth, residual = get("depth"), get("residual")
     recurrent = cell is not None
+    # A norm remedy only for models that have a norm axis under that name.
+    norm_fix = (
+        f"{prefix}norm={'layer' if recurrent else 'batch'}" if norm in _NO_NORM and prefix + "norm" in config else None
+    )
     causes: list[str] = []
     fixes: list[str] = []
     if verdict is Verdict.VANISHING:
         if cell == "rnn":
             causes.append("a vanilla rnn cell over long sequences")
             fixes.append(f"{prefix}cell=lstm")
-        what = activation if activation in SATURATING and cell in (None, "rnn") else None
-        blocks = f" × {depth} {'layers' if recurrent else 'blocks'}" if depth else ""
-        missing = [name for name, off in (("residual", residual is False), ("norm", norm in _NO_NORM)) if off]
-        if what or (missing and depth):
-            causes.append(
-                f"{what or activation or 'the network'}{blocks}"
-                + (f" without {' or '.join(missing)}" if missing else "")
-            )
-        if what and not recurrent:  # a ReLU vanilla RNN trades vanishing for exploding; gated cells are the fix
+        saturating = activation if activation in SATURATING and cell in (None, "rnn") else None
+        missing = [name for name, off in (("residual", residual is False), ("norm", norm_fix is not None)) if off]
+        if saturating or (missing and depth):
+            blocks = f" × {depth} {'layers' if recurrent else 'blocks'}" if depth else ""
+            without = f" without {' or '.join(missing)}" if missing else ""
+            causes.append(f"{saturating or activation or 'the network'}{blocks}{without}")
+        if saturating and not recurrent:  # a ReLU vanilla RNN trades vanishing for exploding; gated cells fix it
             fixes.append(f"{prefix}activation=relu")
         if residual is False:
             fixes.append(f"{prefix}residual=true")
-        if norm in _NO_NORM and "norm" in {k[len(prefix) :] for k in config if k.startswith(prefix)}:
-            fixes.append(f"{prefix}norm={'layer' if recurrent else 'batch'}")
         if not causes:
             causes.append("depth without skip connections, saturating activations or too small an initialization")
             fixes.append("residual connections, normalization or a non-saturating activation")
+    elif verdict is Verdict.NONFINITE:
+        causes.append("a gradient that overflowed, or a NaN / Inf from the loss or the data")
     else:
-        if verdict is Verdict.NONFINITE:
-            causes.append("a gradient that overflowed, or a NaN / Inf from the loss or the data")
-        else:
-            causes.append("a learning rate too high for this network" + (f" (lr={lr:g})" if lr else ""))
+        causes.append("a learning rate too high for this network" + (f" (lr={lr:g})" if lr else ""))
+    if verdict is not Verdict.VANISHING:
         if lr:
             fixes.append(f"lr={lr / 10:g}")
         if not clipping:
             fixes.append("gradient_clip_val=1.0")
-        if norm in _NO_NORM and "norm" in {k[len(prefix) :] for k in config if k.startswith(prefix)}:
-            fixes.append(f"{prefix}norm={'layer' if recurrent else 'batch'}")
         if verdict is Verdict.NONFINITE and precision and precision.startswith("16"):
             fixes.append("precision=bf16-mixed")
+    if norm_fix and (verdict is not Verdict.VANISHING or "norm" in missing):
+        fixes.append(norm_fix)
     return f"likely cause: {'; '.join(causes)}; try {' / '.join(fixes)}"
