@@ -111,7 +111,7 @@ def test_growth_between_measurements_is_exploding():
     detector = HealthDetector(max_growth=100)
 
     def measure(norm):
-        return Measurement(("a", "b"), np.array([4, 4]), np.array([norm, norm]), np.ones(2))
+        return Measurement(("a", "b"), np.array([norm, norm]), np.ones(2))
 
     assert detector.update(measure(0.05)) == []
     assert detector.update(measure(0.4)) == []

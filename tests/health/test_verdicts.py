@@ -13,7 +13,6 @@ NAMES = ("stem", "blocks.0", "blocks.1", "head")
 def measure(*norms: float, nonfinite=None) -> Measurement:
     return Measurement(
         NAMES,
-        np.full(4, 10),
         np.array(norms, dtype=float),
         np.ones(4),
         nonfinite=None if nonfinite is None else np.array(nonfinite),

@@ -73,14 +73,7 @@ class ActivationMonitor(Callback):
             )
         self.every_n_steps = every_n_steps
         for param, patterns in (("include", include), ("exclude", exclude)):
-            try:
-                check_patterns(patterns)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"ActivationMonitor: {param} must be a list of non-empty fnmatch patterns on layer names"
-                    f" (e.g. 'backbone.*'), got {patterns!r}",
-                    param=param,
-                ) from None
+            check_patterns(patterns, owner="ActivationMonitor", param=param)
         self._sampler = ActivationSampler(include=include, exclude=exclude)
         self._last_sampled: int | None = None
 

@@ -177,12 +177,8 @@ class GradientMonitor(Callback):
         ):
             if value not in choices:
                 raise ConfigError(f"GradientMonitor: {param}: " + unknown_choice("action", value, choices), param=param)
-        for param, patterns in (("include", include), ("exclude", exclude)):
-            try:
-                check_patterns(patterns)
-            except ValueError as err:
-                raise ConfigError(f"GradientMonitor: {param}: {err}", param=param) from err
-        self.include, self.exclude = check_patterns(include), check_patterns(exclude)
+        self.include = check_patterns(include, owner="GradientMonitor", param="include")
+        self.exclude = check_patterns(exclude, owner="GradientMonitor", param="exclude")
         try:
             self._detector_args = {
                 "vanishing_norm": vanishing_norm,

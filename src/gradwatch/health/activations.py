@@ -202,8 +202,8 @@ class ActivationSampler:
     """
 
     def __init__(self, *, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> None:
-        self.include = check_patterns(include)
-        self.exclude = check_patterns(exclude)
+        self.include = check_patterns(include, owner="ActivationSampler", param="include")
+        self.exclude = check_patterns(exclude, owner="ActivationSampler", param="exclude")
         self._handles: list[RemovableHandle] = []
         self._calls: list[_Call] = []
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gradwatch.errors import ConfigError
+
 #: The name of parameters owned directly by the root module (``named_modules`` calls it ``""``).
 ROOT = "<root>"
 
@@ -31,19 +33,27 @@ class Layer:
         return sum(p.numel() for p in self.params)
 
 
-def check_patterns(patterns: Sequence[str] | None) -> tuple[str, ...]:
-    """``patterns`` as a tuple of non-empty strings.
+def check_patterns(patterns: Sequence[str] | None, *, owner: str, param: str) -> tuple[str, ...]:
+    """``patterns`` (fnmatch patterns on layer names) as a tuple of non-empty strings.
+
+    Args:
+        patterns: ``None``, one pattern, or a sequence of them.
+        owner: Who takes them, for the message (``"GradientMonitor"``).
+        param: The argument that carried them (``"include"``).
 
     Raises:
-        ValueError: a pattern is not a non-empty string.
+        ConfigError: ``patterns`` is not a sequence of non-empty strings.
     """
     if patterns is None:
         return ()
     if isinstance(patterns, str):
-        return (patterns,)
-    bad = [p for p in patterns if not isinstance(p, str) or not p]
-    if bad:
-        raise ValueError(f"patterns must be non-empty strings (fnmatch syntax, e.g. 'backbone.*'), got {bad!r}")
+        patterns = [patterns]
+    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) and p for p in patterns):
+        raise ConfigError(
+            f"{owner}: {param} must be a list of non-empty fnmatch patterns on layer names (e.g. 'backbone.*'),"
+            f" got {patterns!r}",
+            param=param,
+        )
     return tuple(patterns)
 
 

@@ -21,7 +21,6 @@ class Measurement:
 
     Attributes:
         names: Layer names, input side first.
-        numel: Parameter elements per layer.
         grad_norm: L2 norm of each layer's gradient; NaN where the layer had no gradient at this step.
         param_norm: L2 norm of each layer's parameters.
         update_norm: L2 norm of each layer's last update (parameters now minus before the previous optimizer
@@ -32,7 +31,6 @@ class Measurement:
     """
 
     names: tuple[str, ...]
-    numel: np.ndarray
     grad_norm: np.ndarray
     param_norm: np.ndarray
     update_norm: np.ndarray | None = None
@@ -107,7 +105,6 @@ class GradientStatistics:
         self.names = tuple(layer.name for layer in self.layers)
         self.params = [p for layer in self.layers for p in layer.params]
         self.layer_of = np.array([i for i, layer in enumerate(self.layers) for _ in layer.params], dtype=np.int64)
-        self.numel = np.array([layer.numel for layer in self.layers], dtype=np.int64)
         self.histograms = histograms
         self._buffer: list[torch.Tensor] | None = None
         self._snapshot: list[torch.Tensor] | None = None
@@ -168,7 +165,7 @@ class GradientStatistics:
             counts = host[offset : offset + n_grads * bins].reshape(n_grads, bins)
             histograms = np.zeros((n_layers, bins))
             np.add.at(histograms, self.layer_of[present], counts)
-        measurement = Measurement(self.names, self.numel, grad_norm, param_norm, update_norm, None, histograms)
+        measurement = Measurement(self.names, grad_norm, param_norm, update_norm, None, histograms)
         if not np.isfinite(grad_norm[has_grad]).all():
             measurement.nonfinite = self.count_nonfinite()
         return measurement

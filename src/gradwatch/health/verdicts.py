@@ -74,7 +74,7 @@ class HealthDetector:
     Example::
 
         >>> detector = HealthDetector(patience=1)
-        >>> m = Measurement(("stem", "head"), np.array([10, 10]), np.array([1e-9, 1.0]), np.array([1.0, 1.0]))
+        >>> m = Measurement(("stem", "head"), np.array([1e-9, 1.0]), np.array([1.0, 1.0]))
         >>> [f.describe() for f in detector.update(m)]
         ["vanishing gradients in 1 of 2 layers (stem): first layer's gradient norm is 10^-9.0 of the last's"]
     """
