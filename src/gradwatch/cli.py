@@ -17,6 +17,10 @@ from gradwatch.callbacks.gradient_monitor import GradientMonitor
 from gradwatch.errors import ConfigError
 
 DEFAULT_ROOT_DIR = "runs"
+#: Where runs go when ``--trainer.default_root_dir`` is not given; the local sweep engine sets it per sweep.
+ROOT_DIR_ENV = "GRADWATCH_ROOT_DIR"
+#: Metric namespaces the gradient and activation monitors log under, one key per layer.
+MONITOR_NAMESPACES = {"gradients": ("grad/", "param/", "health/"), "activations": ("act/",)}
 
 
 class GradwatchCLI(LightningCLI):
@@ -27,7 +31,7 @@ class GradwatchCLI(LightningCLI):
     logging off; any logger given explicitly replaces them.
     """
 
-    def __init__(self, args: list[str] | None = None) -> None:
+    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
         # Importing the packages registers their classes, so `--model CNN` and `--data DigitsDataModule` resolve.
         import gradwatch.data
         import gradwatch.models  # noqa: F401
@@ -39,10 +43,11 @@ class GradwatchCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             # Small datasets have few batches per epoch; Lightning's default of 50 would log no training step.
-            trainer_defaults={"default_root_dir": DEFAULT_ROOT_DIR, "log_every_n_steps": 10},
+            trainer_defaults={"default_root_dir": root_dir(), "log_every_n_steps": 10},
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             args=args,
+            **kwargs,
         )
 
     @override
@@ -56,7 +61,7 @@ class GradwatchCLI(LightningCLI):
         if config.get("logger") in (None, True):
             from gradwatch.loggers import default_loggers
 
-            config["logger"] = default_loggers(config.get("default_root_dir") or DEFAULT_ROOT_DIR)
+            config["logger"] = default_loggers(config.get("default_root_dir") or root_dir())
         # `--gradients null` turns the always-on GradientMonitor off.
         return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
@@ -112,6 +117,126 @@ class GradwatchCLI(LightningCLI):
     # LightningCLI calls `before_<subcommand>` and `after_<subcommand>` when they exist.
     before_fit = before_validate = before_test = before_predict = _check_data
     after_fit = after_validate = after_test = _finish
+
+
+def root_dir() -> str:
+    """The runs folder when none is configured: ``$GRADWATCH_ROOT_DIR``, else ``runs``."""
+    return os.environ.get(ROOT_DIR_ENV) or DEFAULT_ROOT_DIR
+
+
+class FitChecker:
+    """``gradwatch fit``'s own parser, to check arguments as a run would parse them, without training.
+
+    Each :meth:`check` parses one command line and instantiates the model, the DataModule and the callbacks it
+    configures (so a bad activation name fails as it would in the run); no Trainer, logger or run is created. The
+    parser is built once, which is what makes checking every value of a sweep take seconds.
+
+    Args:
+        args: A ``gradwatch`` command line, starting with the subcommand (``fit ...``).
+
+    Raises:
+        ConfigError: ``args`` themselves do not parse.
+    """
+
+    def __init__(self, args: list[str]) -> None:
+        self._cli = _DryCLI(args)
+
+    def check(self, args: list[str]) -> Any:
+        """Parse and instantiate ``args``; return the parsed config of the subcommand.
+
+        Raises:
+            ConfigError: with jsonargparse's or the class's own message.
+        """
+        return self._cli.dry_run(args)
+
+    def options(self, config: Any) -> set[str]:
+        """Every dotted option of a parsed ``config`` as a user writes it (``model.depth``, ``trainer.max_epochs``)."""
+        names = set()
+        for key in config.keys():  # noqa: SIM118 (a jsonargparse Namespace: keys() are the nested dotted keys)
+            parts = [part for part in key.split(".") if part != "init_args"]
+            if parts[-1] == "class_path":
+                parts.pop()
+            names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        return names
+
+    def logged_metrics(self, config: Any) -> tuple[list[str], list[str]] | None:
+        """The keys a run of ``config`` logs, and the namespaces its monitors log per layer (``grad/``).
+
+        ``None`` when the model does not say which keys it logs (a LightningModule that is not a gradwatch one).
+        """
+        init = self._cli.instantiated
+        model = init.get("model")
+        if not hasattr(model, "logged_metrics"):
+            return None
+        if hasattr(model, "check_data"):
+            model.check_data(init.get("data"))
+        namespaces = list(MONITOR_NAMESPACES["gradients"]) if config.get("gradients") else []
+        callbacks = config.get("trainer.callbacks") or []
+        if any("ActivationMonitor" in str(getattr(c, "class_path", c)) for c in callbacks):
+            namespaces += MONITOR_NAMESPACES["activations"]
+        return list(model.logged_metrics()), namespaces
+
+
+class _DryCLI(GradwatchCLI):
+    """GradwatchCLI that parses and instantiates the model, data and callbacks, then stops before the Trainer."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.instantiated: Any = None
+        super().__init__(args)
+
+    def dry_run(self, args: list[str]) -> Any:
+        try:
+            self.parse_arguments(self.parser, args)
+            self.subcommand = self.config["subcommand"]
+            self.instantiate_classes()
+        except Exception as exc:
+            raise ConfigError(_parser_message(exc)) from exc
+        return self.config[self.subcommand]
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # Parse errors raise instead of printing usage and exiting, in the main parser and in each subcommand's.
+        parser.exit_on_error = False
+        for subparser in parser._subcommands_action._name_parser_map.values():
+            subparser.exit_on_error = False
+        with warnings.catch_warnings():
+            # Lightning warns when `args` are given while sys.argv holds the command that runs this check.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
+
+    @override
+    def _set_seed(self) -> None:
+        """Seed nothing: a check must not change the caller's random state."""
+
+    @override
+    def instantiate_classes(self) -> None:
+        subcommand = self.config["subcommand"]
+        self.instantiated = self.parser.instantiate_classes(self.config)[subcommand]
+
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Train nothing."""
+
+    def before_fit(self) -> None:  # LightningCLI would call it from _run_subcommand; keep it out of dry runs
+        """Check nothing beyond parsing."""
+
+
+def _parser_message(exc: BaseException) -> str:
+    """The line of a jsonargparse error that says what is wrong, or a ConfigError's own message."""
+    err = find_config_error(exc)
+    if err is not None:
+        return str(err)
+    noise = (
+        "Does not validate",
+        "Subtypes:",
+        "Errors:",
+        "- Expected a <class 'NoneType'>",
+        "Given value",
+        "Problem with",
+    )
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.lstrip("- ").startswith(noise) and not line.startswith(noise)]
+    return " ".join(kept[-2:]) if kept else (lines[-1] if lines else type(exc).__name__)
 
 
 def find_config_error(exc: BaseException | None) -> ConfigError | None:

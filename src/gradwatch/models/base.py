@@ -54,6 +54,13 @@ class GradwatchModule(pl.LightningModule):
         """Create the networks and metrics from ``hparams``. Called once."""
         raise NotImplementedError
 
+    def logged_metrics(self) -> list[str]:
+        """The metric keys this module logs once its shapes are known (``check_data``).
+
+        Sweeps check ``metric.name`` against them before the first trial; a subclass that logs more keys adds them.
+        """
+        raise NotImplementedError
+
     def _build_once(self) -> None:
         if not self._built:
             self.build()

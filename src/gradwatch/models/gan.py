@@ -381,6 +381,12 @@ class GAN(GradwatchModule):
         self.log("train/g_loss", g_loss, prog_bar=True)
 
     @override
+    def logged_metrics(self) -> list[str]:
+        """Losses and mean discriminator scores on real and fake images, for training and validation."""
+        keys = [f"{stage}/{name}" for stage in ("train", "val") for name in ("d_loss", "g_loss", "d_real", "d_fake")]
+        return [*keys, "train/gp"] if self.hparams.loss == "wgan-gp" else keys
+
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         real = _images(batch)
         real_scores = self.discriminator(real)

@@ -126,6 +126,12 @@ class SupervisedModule(GradwatchModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **monitor}}
 
     @override
+    def logged_metrics(self) -> list[str]:
+        """``<stage>/loss`` and, for classification, ``<stage>/acc`` for the train, val and test stages."""
+        metrics = ["loss", "acc"] if self.task == "classification" else ["loss"]
+        return [f"{stage}/{metric}" for stage in STAGES for metric in metrics]
+
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 

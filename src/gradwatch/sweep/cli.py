@@ -1,0 +1,123 @@
+"""``gradwatch sweep run|agent``: one sweep file, on W&B when logged in, else locally on Optuna."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gradwatch.sweep.spec import SweepError, SweepSpec, load_sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gradwatch sweep`` argument parser."""
+    parser = argparse.ArgumentParser(prog="gradwatch sweep", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run a sweep file: a W&B sweep when logged in, else locally",
+        description="Run a W&B sweep file. Logged in to W&B (and without --local): create the sweep on W&B and run "
+        "agents here. Otherwise: run it locally on Optuna, W&B offline; run the same command again to resume.",
+    )
+    run.add_argument("file", type=Path, help="W&B sweep YAML (see sweeps/)")
+    run.add_argument("--count", type=_positive, help="trials to run in total (default: the grid, or run_cap)")
+    run.add_argument("--workers", type=_positive, default=1, help="trials at once on this machine (default: 1)")
+    run.add_argument("--local", action="store_true", help="run on Optuna here even when logged in to W&B")
+    run.add_argument("--dir", type=Path, help="sweep folder (default: runs/sweeps/<name>)")
+    run.add_argument("--storage", help="Optuna RDB URL shared by several machines (implies --local)")
+    run.add_argument("--project", help="W&B project of an online sweep")
+    run.add_argument("--entity", help="W&B entity of an online sweep")
+    agent = commands.add_parser(
+        "agent", help="join a W&B sweep", description="Join an existing W&B sweep and run its trials here."
+    )
+    agent.add_argument("sweep_id", help="the sweep's path, entity/project/id (printed by `gradwatch sweep run`)")
+    agent.add_argument("--count", type=_positive, help="trials this agent runs (default: until the sweep ends)")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str]) -> None:
+    """Run ``gradwatch sweep ARGV``; bad input exits with status 2 and one line before any trial starts."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "agent":
+            from gradwatch.sweep import online
+
+            online.require_login("gradwatch sweep agent")
+            online.agent(args.sweep_id, count=args.count)
+            return
+        spec = load_sweep(args.file)
+        sys.exit(_run(spec, args))
+    except SweepError as exc:
+        print(f"gradwatch sweep: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run(spec: SweepSpec, args: argparse.Namespace) -> int:
+    from gradwatch.loggers import wandb_offline
+    from gradwatch.sweep.check import check_parameters
+
+    local = args.local or args.storage is not None or wandb_offline()
+    if local:
+        spec.check_local()
+    print(f"gradwatch sweep: checking {spec.path} against gradwatch fit ...", flush=True)
+    note = check_parameters(spec)
+    if note:
+        print(f"gradwatch sweep: {note}", flush=True)
+    if not local:
+        return _run_online(spec, args)
+    return _run_local(spec, args)
+
+
+def _run_online(spec: SweepSpec, args: argparse.Namespace) -> int:
+    from gradwatch.sweep import online
+
+    online.require_login("an online sweep")
+    path = online.create(spec, project=args.project, entity=args.entity)
+    print(
+        f"gradwatch sweep: created https://wandb.ai/{path.replace('/', '/', 1).rsplit('/', 1)[0]}/sweeps/"
+        f"{path.rsplit('/', 1)[1]}"
+    )
+    print(f"gradwatch sweep: other machines join with: gradwatch sweep agent {path}", flush=True)
+    return online.run_agents(path, count=args.count, workers=args.workers)
+
+
+def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from gradwatch.cli import root_dir
+    from gradwatch.sweep.local import LocalSweep
+    from gradwatch.sweep.results import collect, render, save
+
+    folder = args.dir or Path(root_dir()) / "sweeps" / spec.name
+    sweep = LocalSweep(
+        spec,
+        folder,
+        storage=args.storage,
+        workers=args.workers,
+        count=args.count,
+        echo=lambda line: print(f"gradwatch sweep: {line}", flush=True),
+    )
+    code = 0
+    try:
+        sweep.run()
+    except KeyboardInterrupt:
+        code = 130
+    results = collect(sweep.study, spec)
+    csv_path, _ = save(results, sweep.folder)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(render(results, spec))
+    states = [r.state for r in results]
+    done = ", ".join(f"{states.count(s)} {s}" for s in ("finished", "pruned", "failed") if s in states)
+    resume = "; run the same command to resume" if code else ""
+    print(f"gradwatch sweep: {done or 'no trials'}; results in {csv_path}{resume}", flush=True)
+    return code
