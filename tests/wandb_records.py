@@ -72,13 +72,19 @@ def history(path: str | Path) -> list[dict[str, Any]]:
 
 
 def config(path: str | Path) -> dict[str, Any]:
-    """The run's config as last updated."""
+    """The run's config as last updated: the run record's initial config (a sweep's values), then each update."""
     values: dict[str, Any] = {}
     for record in read_records(path):
-        if record.WhichOneof("record_type") == "config":
-            for item in record.config.update:
-                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        kind = record.WhichOneof("record_type")
+        updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else ()
+        for item in updates:
+            values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return values
+
+
+def run_group(path: str | Path) -> str:
+    """The run's group (``WANDB_RUN_GROUP``)."""
+    return next(r.run.run_group for r in read_records(path) if r.WhichOneof("record_type") == "run")
 
 
 def exit_code(path: str | Path) -> int | None:

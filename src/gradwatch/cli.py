@@ -139,7 +139,10 @@ class FitChecker:
     """
 
     def __init__(self, args: list[str]) -> None:
-        self._cli = _DryCLI(args)
+        try:
+            self._cli = _DryCLI(args)
+        except Exception as exc:
+            raise ConfigError(_parser_message(exc)) from exc
 
     def check(self, args: list[str]) -> Any:
         """Parse and instantiate ``args``; return the parsed config of the subcommand.

@@ -87,7 +87,7 @@ class LocalSweep:
         if count is not None and count < 1:
             raise SweepError(f"--count must be >= 1, got {count}")
         self.spec = spec
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.workers = workers
         self.echo = echo
         self.total = self._total(count)

@@ -44,12 +44,11 @@ def create(spec: SweepSpec, *, project: str | None, entity: str | None) -> str:
 
 
 def sweep_url(sweep_path: str) -> str:
-    """The sweep's page in the W&B app (``WANDB_BASE_URL``'s app for self-hosted servers)."""
-    from wandb.util import app_url
+    """The sweep's page in the W&B app this client talks to (``WANDB_BASE_URL`` for self-hosted servers)."""
+    import wandb
 
     entity, project, sweep_id = sweep_path.split("/")
-    base = app_url(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    return f"{base}/{entity}/{project}/sweeps/{sweep_id}"
+    return f"{wandb.Settings().app_url}/{entity}/{project}/sweeps/{sweep_id}"
 
 
 def agent(sweep_path: str, *, count: int | None) -> None:

@@ -1,0 +1,84 @@
+"""Every parameter name and value is checked with ``gradwatch fit``'s own parser before the first trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gradwatch.sweep import SweepError
+from gradwatch.sweep.check import check_parameters, gradwatch_args
+from gradwatch.sweep.spec import parse_sweep
+
+CONFIGS = Path(__file__).parents[2] / "sweeps" / "configs"
+
+
+def spec(parameters, metric="val/acc", base="cnn-digits.yaml", extra=()):
+    command = ["${env}", "${interpreter}", "-m", "gradwatch", "fit", "--config", str(CONFIGS / base), *extra, "${args}"]
+    raw = {"method": "grid", "metric": {"name": metric, "goal": "maximize"}, "parameters": parameters}
+    return parse_sweep({**raw, "command": command}, "study.yaml")
+
+
+def test_a_valid_sweep_is_checked():
+    assert check_parameters(spec({"model.depth": {"values": [2, 4]}, "model.activation": {"values": ["relu"]}})) is None
+
+
+@pytest.mark.parametrize(
+    ("parameters", "metric", "words"),
+    [
+        ({"model.dept": {"values": [2]}}, "val/acc", "parameters.model.dept: gradwatch fit has no option --model.dept "
+         "(did you mean 'model.depth'?)"),
+        ({"trainer.max_epoch": {"value": 2}}, "val/acc", "did you mean 'trainer.max_epochs'?"),
+        ({"model.depth": {"values": [4, "deep"]}}, "val/acc", "parameters.model.depth: value 'deep': "),
+        ({"model.activation": {"values": ["relu", "relux"]}}, "val/acc",
+         "parameters.model.activation: value 'relux': unknown activation 'relux'"),
+        ({"model.depth": {"min": 0, "max": 3}}, "val/acc", "parameters.model.depth: value 0: CNN: depth must be >= 1"),
+        ({"model.depth": {"values": [2]}}, "val/accuracy", "metric.name: 'val/accuracy' is never logged "
+         "(did you mean 'val/acc'?)"),
+    ],
+)  # fmt: skip
+def test_bad_names_values_and_metrics_fail_before_any_trial(parameters, metric, words):
+    with pytest.raises(SweepError) as info:
+        check_parameters(spec(parameters, metric))
+    assert words in str(info.value), str(info.value)
+
+
+def test_monitor_keys_count_as_logged_only_when_the_monitor_is_on():
+    assert check_parameters(spec({"model.depth": {"values": [2]}}, "health/attenuation")) is None
+    assert check_parameters(spec({"model.depth": {"values": [2]}}, "grad/norm_total")) is None
+    with pytest.raises(SweepError, match="'grad/norm_total' is never logged"):
+        check_parameters(spec({"model.depth": {"values": [2]}}, "grad/norm_total", extra=["--gradients", "null"]))
+
+
+def test_the_metric_depends_on_the_task_the_data_gives_the_model():
+    # The adding problem is a regression: an RNN on it logs losses, no accuracy.
+    rnn = ["--model", "RNN", "--data", "AddingProblemDataModule"]
+    with pytest.raises(SweepError, match="'val/acc' is never logged; the model logs train/loss, val/loss, test/loss"):
+        check_parameters(spec({"model.cell": {"values": ["rnn", "lstm"]}}, extra=rnn))
+    assert check_parameters(spec({"model.cell": {"values": ["rnn", "lstm"]}}, "val/loss", extra=rnn)) is None
+
+
+def test_a_broken_base_command_is_named():
+    with pytest.raises(SweepError, match=r"study\.yaml: command: gradwatch fit --config .*missing\.yaml"):
+        check_parameters(spec({"model.depth": {"values": [2]}}, base="missing.yaml"))
+
+
+def test_other_programs_are_not_parsed():
+    other = parse_sweep(
+        {"method": "grid", "parameters": {"x": {"values": [1]}}, "command": ["python", "train.py", "${args}"]}
+    )
+    assert check_parameters(other) == "parameters not checked: the command does not run gradwatch"
+
+
+@pytest.mark.parametrize(
+    ("words", "args"),
+    [
+        (["/usr/bin/env", "python", "-m", "gradwatch", "fit", "--a=1"], ["fit", "--a=1"]),
+        (["/usr/bin/env", "gradwatch", "fit"], ["fit"]),
+        ([".venv/bin/gradwatch", "fit"], ["fit"]),
+        (["python", "train.py", "--gradwatch=1"], None),
+        (["python", "-m", "other", "gradwatch"], None),
+    ],
+)
+def test_gradwatch_args_finds_the_command_line(words, args):
+    assert gradwatch_args(words) == args
