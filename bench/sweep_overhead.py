@@ -53,8 +53,8 @@ What it measures
     each: ``study.get_trials()``, ``study.get_trials(states=RUNNING)``, ``sweep.ended()``. And the one-off costs
     of a fresh controller process: ``LocalSweep(...)`` (imports Optuna, creates the schema) and its first cycle
     (``_start`` imports ``gradwatch.loggers``, ``_environment`` imports ``gradwatch.cli``), with the heavy modules
-    each one imported. ``--profile`` adds a cProfile of the gp and tpe cycles: the controller's and Optuna's
-    storage functions by cumulative time.
+    each one imported. ``--profile`` then runs 5 more cycles each of gp and tpe under cProfile (untimed, their
+    studies grow by 5) and prints the controller's, Optuna's study and storage functions by cumulative time.
 
     **Part ``startup``.** Fresh interpreters (``sys.executable``), each run's wall time from spawn to exit; the
     median over ``--repeats`` interleaved rounds after one untimed round (``.pyc`` files, page cache):
@@ -139,6 +139,7 @@ PYTHON = sys.executable
 SEED = 0
 TARGET_CONTROLLER_S = 0.2
 TARGET_WORKER_RATIO = 1.6
+PROFILE_CYCLES = 5
 #: Must not be imported by `import gradwatch`.
 FORBIDDEN = ("wandb", "optuna", "plotly", "torch", "lightning")
 #: Listed when loaded, for information.
@@ -430,22 +431,22 @@ def part_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             before = heavy_loaded()
             spent = cycle(controllers[key], record=False)
             once[f"first ask, {key}"] = (spent["ask"], sorted(heavy_loaded() - before))
-        profiles = {key: cProfile.Profile() for key in ("gp", "tpe")} if args.profile else {}
         for r in range(args.asks):
             for key in rotate(SAMPLERS, r):
-                profiler = profiles.get(key)
-                if profiler is not None:
-                    profiler.enable()
                 cycle(controllers[key])
-                if profiler is not None:
-                    profiler.disable()
         probes = storage_probes(controllers["gp"], args.asks)
+        profiles = {key: cProfile.Profile() for key in ("gp", "tpe")} if args.profile else {}
+        for key, profiler in profiles.items():  # after the timed rounds: cProfile slows what it watches
+            profiler.enable()
+            for _ in range(PROFILE_CYCLES):
+                cycle(controllers[key], record=False)
+            profiler.disable()
     threads = None
     if "torch" in sys.modules:
         threads = sys.modules["torch"].get_num_threads()
     summary = report_controller(args, controllers, once, probes, threads)
     for key, profiler in profiles.items():
-        print_profile(key, profiler, args.asks)
+        print_profile(key, profiler, PROFILE_CYCLES)
     return summary
 
 
@@ -656,16 +657,25 @@ def run_import(module: str) -> dict[str, Any]:
 
 
 def importtime_top(module: str, n: int = 8) -> list[tuple[float, str]]:
-    """The largest cumulative imports under ``python -X importtime -c 'import module'`` (seconds, name)."""
-    done = subprocess.run(
-        [PYTHON, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, env=child_env()
-    )
-    rows = []
-    for line in done.stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)", line)
-        if m and len(m.group(3)) <= 3:  # top-level imports of the statement (indent of one level or less)
-            rows.append((int(m.group(2)) / 1e6, m.group(4)))
-    return sorted(rows, reverse=True)[:n]
+    """The largest imports of ``import module`` and its direct imports, by cumulative time (seconds, name).
+
+    From ``python -X importtime``; what the interpreter imports at start-up anyway (``-c pass``) is left out.
+    """
+
+    def rows(statement: str) -> list[tuple[float, str, int]]:
+        done = subprocess.run(
+            [PYTHON, "-X", "importtime", "-c", statement], capture_output=True, text=True, env=child_env(), cwd=ROOT
+        )
+        out = []
+        for line in done.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|( *)(\S+)", line)
+            if m:
+                out.append((int(m.group(2)) / 1e6, m.group(4), len(m.group(3))))
+        return out
+
+    startup = {name for _, name, _ in rows("pass")}
+    mine = [(s, name) for s, name, indent in rows(f"import {module}") if indent <= 3 and name not in startup]
+    return sorted(mine, reverse=True)[:n]
 
 
 def run_fit(tmp: Path, stamp: bool) -> dict[str, Any]:

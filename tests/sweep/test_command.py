@@ -69,6 +69,9 @@ def test_each_argument_macro_expands_as_the_wandb_agent_does(tmp_path, monkeypat
     # The trial's own argv starts at the program (env and python are consumed by the exec).
     assert ours[:2] == ["/usr/bin/env", "python"]
     assert argv == ours[2:]
+    # The environment the local engine mirrors (tests/sweep/test_local.py checks its side).
+    assert env["WANDB_RUN_ID"] == "abc123"
+    assert env["WANDB_SWEEP_PARAM_PATH"].endswith(os.path.join("sweep-None", "config-abc123.yaml"))
     if macro == "args_json_file":
         assert json.loads((tmp_path / argv[-1]).read_text()) == PARAMS
 
@@ -87,5 +90,3 @@ def test_values_render_as_the_agent_renders_them():
     assert expand_command(["${args_no_boolean_flags}"], PARAMS) == [
         "--model.depth=8", "--model.residual", "--model.norm=none", "--lr=0.001",
     ]  # fmt: skip
-
-

@@ -69,6 +69,8 @@ def _run(spec: SweepSpec, args: argparse.Namespace) -> int:
     local = args.local or args.storage is not None or wandb_offline()
     if local:
         spec.check_local()
+        if not (args.local or args.storage):
+            print("gradwatch sweep: W&B is offline (no login, or WANDB_MODE=offline): running locally on Optuna")
     print(f"gradwatch sweep: checking {spec.path} against gradwatch fit ...", flush=True)
     note = check_parameters(spec)
     if note:
