@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The quick-start sweep, locally on Optuna (W&B offline): 8 trials, 2 at a time; rerun to resume or reprint.
 demo: setup
-	$(BIN)/gradwatch fit --model CNN --data DigitsDataModule --model.depth 8 --model.residual true \
-		--trainer.max_epochs 5 --trainer.enable_progress_bar false
+	$(BIN)/gradwatch sweep run sweeps/quickstart.yaml --local --workers 2
 
 test: setup lint
 	$(BIN)/pytest
@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/lightning_overhead.py
 	$(BIN)/python bench/augment_throughput.py
 	$(BIN)/python bench/gradient_overhead.py
+	$(BIN)/python bench/sweep_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -216,10 +216,13 @@ def test_a_changed_file_or_a_second_controller_is_refused(tmp_path):
         LocalSweep(load_sweep(changed), tmp_path / "out")
 
 
-def test_an_unreachable_storage_is_named(tmp_path):
+@pytest.mark.parametrize(
+    "url", ["sqlite:////no/such/folder/sweep.db", "postgresql://nobody@127.0.0.1:1/none", "nosuchdb://host/db"]
+)
+def test_an_unreachable_storage_is_named(tmp_path, url):
     path = scripted(tmp_path, {"x": {"values": [1]}})
-    with pytest.raises(SweepError, match="cannot open --storage postgresql://nobody@127.0.0.1:1/none"):
-        LocalSweep(load_sweep(path), tmp_path / "out", storage="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(SweepError, match=re.escape(f"cannot open --storage {url}: ")):
+        LocalSweep(load_sweep(path), tmp_path / "out", storage=url)
 
 
 def test_sigkill_of_the_controller_then_resume(tmp_path):
