@@ -427,6 +427,10 @@ def part_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 print(f"  {args.history} finished trials through the controller with RandomSampler: {fill_s:.1f} s")
             sweep.study.sampler = measured_sampler(key, shipped)
             controllers[key] = c
+        if args.threads is not None:  # GPSampler computes with torch
+            import torch
+
+            torch.set_num_threads(args.threads)
         for key in SAMPLERS:  # untimed: first-use costs of each sampler
             before = heavy_loaded()
             spent = cycle(controllers[key], record=False)
@@ -846,6 +850,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--asks", type=int, help="timed trials per sampler (default: 20; quick: 5)")
     parser.add_argument("--repeats", type=int, help="timed rounds of the start-up commands (default: 5; quick: 1)")
     parser.add_argument("--count", type=int, help="trials per worker count (default: the grid, 8; quick: 4)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in the controller (default: torch's own)")
     parser.add_argument("--profile", action="store_true", help="also cProfile the controller's gp and tpe cycles")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes; numbers meaningless")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every measurement here")
@@ -854,6 +859,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
     if args.history < 0 or args.asks < 1 or args.repeats < 1 or (args.count is not None and args.count < 1):
         parser.error("--history must be >= 0; --asks, --repeats and --count >= 1")
     return args

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.sweep import SweepError
+from gradwatch.sweep import SweepError, load_sweep
 from gradwatch.sweep.check import check_parameters, gradwatch_args
 from gradwatch.sweep.spec import parse_sweep
 
@@ -17,6 +17,11 @@ def spec(parameters, metric="val/acc", base="cnn-digits.yaml", extra=()):
     command = ["${env}", "${interpreter}", "-m", "gradwatch", "fit", "--config", str(CONFIGS / base), *extra, "${args}"]
     raw = {"method": "grid", "metric": {"name": metric, "goal": "maximize"}, "parameters": parameters}
     return parse_sweep({**raw, "command": command}, "study.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_passes_the_dry_parse(path):
+    assert check_parameters(load_sweep(path)) is None
 
 
 def test_a_valid_sweep_is_checked():

@@ -225,6 +225,31 @@ def test_an_unreachable_storage_is_named(tmp_path, url):
         LocalSweep(load_sweep(path), tmp_path / "out", storage=url)
 
 
+def test_shared_storage_retries_only_trials_whose_controller_stopped_beating(tmp_path, monkeypatch):
+    monkeypatch.setattr("gradwatch.sweep.local.HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr("gradwatch.sweep.local.GRACE_PERIOD", 2)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    spec = load_sweep(scripted(tmp_path, {"x": {"values": [1, 2, 3]}, "steps": {"value": 1}, "sleep": {"value": 0}}))
+    # Machine A starts two trials; one controller dies (no more heartbeats), the other keeps beating.
+    a = LocalSweep(spec, tmp_path / "a", storage=url, echo=lambda line: None)
+    dead, live = (a.study.ask(a._distributions()) for _ in range(2))
+    for trial in (dead, live):
+        a.study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # SQLite's clock has whole seconds
+    a.study._storage.record_heartbeat(live._trial_id)
+    # Machine B joins the same study: the dead trial is retried, the live one left alone.
+    b = LocalSweep(spec, tmp_path / "b", storage=url, echo=lambda line: None)
+    states = {t.number: t.state.name for t in b.study.get_trials()}
+    assert (states[dead.number], states[live.number]) == ("FAIL", "RUNNING")
+    waiting = [t for t in b.study.get_trials() if t.state.name == "WAITING"]
+    assert [(t.system_attrs["fixed_params"], t.user_attrs["retry_of"]) for t in waiting] == [(dead.params, dead.number)]
+    # B ends the sweep's 3 trials (the live one counts as running) and A's live trial finishes.
+    a.study.tell(live, 1.0)
+    b.run()
+    rows = collect(b.study, spec)
+    assert sorted(r.state for r in rows) == ["finished", "finished", "finished", "interrupted"]
+
+
 def test_sigkill_of_the_controller_then_resume(tmp_path):
     path = scripted(tmp_path, {"x": {"min": 1, "max": 8}, "steps": {"value": 6}, "sleep": {"value": 0.5}})
     args = ["run", str(path), "--local", "--workers", "2", "--count", "5", "--dir", "out"]

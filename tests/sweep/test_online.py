@@ -16,7 +16,7 @@ def test_wandb_receives_the_file_as_written_with_its_name():
     spec = load_sweep(QUICKSTART)
     config = sweep_config(spec)
     assert config["name"] == "quickstart"
-    assert config == {"name": "quickstart", **spec.config}
+    assert config == {"name": "quickstart", "program": "gradwatch", **spec.config}
     assert config["command"][-1] == "${args}"
 
 

@@ -27,8 +27,12 @@ def require_login(what: str) -> None:
 
 
 def sweep_config(spec: SweepSpec) -> dict[str, Any]:
-    """The config W&B receives: the file as written, with its display name."""
-    return {"name": spec.name, **spec.config}
+    """The config W&B receives: the file as written, with its display name and a ``program``.
+
+    ``wandb agent`` reads ``program`` for every trial (``command["program"]``) even when the command has no
+    ``${program}``; a file that names none gets ``gradwatch``, which is what its command runs.
+    """
+    return {"name": spec.name, "program": "gradwatch", **spec.config}
 
 
 def create(spec: SweepSpec, *, project: str | None, entity: str | None) -> str:
