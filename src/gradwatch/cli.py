@@ -15,10 +15,9 @@ from typing_extensions import override
 
 from gradwatch.callbacks.gradient_monitor import GradientMonitor
 from gradwatch.errors import ConfigError
+from gradwatch.sweep.local import ROOT_DIR_ENV
 
 DEFAULT_ROOT_DIR = "runs"
-#: Where runs go when ``--trainer.default_root_dir`` is not given; the local sweep engine sets it per sweep.
-ROOT_DIR_ENV = "GRADWATCH_ROOT_DIR"
 #: Metric namespaces the gradient and activation monitors log under, one key per layer.
 MONITOR_NAMESPACES = {"gradients": ("grad/", "param/", "health/"), "activations": ("act/",)}
 
@@ -120,7 +119,7 @@ class GradwatchCLI(LightningCLI):
 
 
 def root_dir() -> str:
-    """The runs folder when none is configured: ``$GRADWATCH_ROOT_DIR``, else ``runs``."""
+    """The runs folder when none is configured: ``$GRADWATCH_ROOT_DIR`` (the local sweep engine's), else ``runs``."""
     return os.environ.get(ROOT_DIR_ENV) or DEFAULT_ROOT_DIR
 
 

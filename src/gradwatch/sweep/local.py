@@ -36,6 +36,9 @@ GRACE_PERIOD = 60
 #: Seconds a trial gets to finish after SIGTERM before SIGKILL (as ``wandb agent`` waits).
 KILL_DELAY = 30
 POLL_INTERVAL = 0.5
+#: Where a trial writes its run folder (``<root>/<WANDB_RUN_ID>/metrics.csv``); ``gradwatch fit`` reads it as the
+#: default of ``--trainer.default_root_dir``. Besides W&B's variables, the one thing a trial's program must honour.
+ROOT_DIR_ENV = "GRADWATCH_ROOT_DIR"
 
 
 @dataclass
@@ -50,6 +53,7 @@ class _Running:
     slot: int
     started: float = field(default_factory=time.monotonic)
     reported: int = 0
+    csv_stamp: tuple[int, int] = (0, 0)
     pruned_at: int | None = None
     terminated: float | None = None
 
@@ -276,8 +280,6 @@ class LocalSweep:
         self.echo(f"trial {trial.number} started: {shown} (run {run_id})")
 
     def _environment(self, run_id: str, runs: Path, config_file: Path, slot: int) -> dict[str, str]:
-        from gradwatch.cli import ROOT_DIR_ENV
-
         env = dict(os.environ)
         # A W&B service this controller started must not adopt the trial's run: each trial starts its own.
         env.pop("WANDB_SERVICE", None)
@@ -311,6 +313,13 @@ class LocalSweep:
     def _report(self, r: _Running) -> None:
         if self.spec.metric is None or r.pruned_at is not None:
             return
+        try:  # a long run's CSV is large: read it again only when it changed
+            stat = (r.run_dir / "metrics.csv").stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) == r.csv_stamp:
+            return
+        r.csv_stamp = (stat.st_mtime_ns, stat.st_size)
         values = read_metrics(r.run_dir / "metrics.csv").get(self.spec.metric.name, [])
         for step in range(r.reported, len(values)):
             r.trial.report(values[step], step)
