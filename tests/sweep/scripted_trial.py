@@ -2,7 +2,7 @@
 
 It writes ``$GRADWATCH_ROOT_DIR/$WANDB_RUN_ID/metrics.csv`` one row per step (``val/loss = x + 1 / (step + 1)``,
 the attenuation falling by half a decade per step), sleeping ``--sleep`` seconds per step, and records its argv,
-environment and pid in ``trial.json``. SIGTERM ends it cleanly, as Lightning's ``fit`` does, and leaves ``terminated`` behind.
+environment and pid in ``trial.json``. SIGTERM ends it cleanly, as Lightning's ``fit`` does, leaving ``terminated``.
 """
 
 import json
