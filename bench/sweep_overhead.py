@@ -9,52 +9,68 @@ A by-hand benchmark: CI never runs it, and nothing here asserts on time. The tar
 - the quickstart sweep with ``--workers 2`` ends at least 1.6× as many trials per hour as with ``--workers 1``.
 
 What it measures
-    **Part ``controller``.** A bayes sweep like the CNN sweeps, built with ``parse_sweep``: ``model.depth``
-    (int_uniform 2-16), ``model.activation``, ``model.norm``, ``model.residual`` (categorical) and ``model.lr``
-    (log_uniform_values), metric ``val/acc`` maximized, no early termination; one ``LocalSweep(spec, folder,
-    count=200)`` per sampler, each in its own folder (own SQLite study, as ``gradwatch sweep run`` makes).
+    **Part ``controller``.** A bayes sweep like ``sweeps/cnn-bayes.yaml``, built with ``parse_sweep``:
+    ``model.depth`` (int_uniform 2-24), ``model.activation``, ``model.norm``, ``model.residual``, ``model.init``
+    (categorical), ``model.optimizer.lr`` (log_uniform_values), ``trainer.max_epochs: 15`` (constant), metric
+    ``val/acc`` maximized, hyperband early termination (min_iter 3, eta 3; ``--no-hyperband`` drops it); one
+    ``LocalSweep(spec, folder, count=200)`` per sampler, each in its own folder (its own SQLite study, as
+    ``gradwatch sweep run`` makes).
 
     Nothing is trained and no process is started: ``subprocess.Popen`` *inside* ``gradwatch.sweep.local`` is
-    replaced by a stand-in process that "runs" until the bench says it exited with code 0. Everything else is the
-    controller's own code, driven the way ``LocalSweep.run`` drives it. One trial's cycle is:
+    replaced by a stand-in process that "runs" until the bench says it exited with code 0 (or the controller
+    terminates it). Everything else is the controller's own code, driven the way ``LocalSweep.run`` drives it.
+    One trial's cycle, timed by phase:
 
-    - ``launch``: ``sweep._launch()``: ``study.get_trials(RUNNING)``, ``sweep.ended()``, ``study.ask(distributions)``
-      and ``sweep._start(trial)`` (run id, run folder, config files, the command, three ``set_user_attr``, the
-      heartbeat), with ``study.ask`` timed on its own: **ask** is the sampler plus the storage writes of the new
-      trial and its parameters; the rest of ``launch`` is bookkeeping;
-    - ``poll (running)``: one ``sweep._poll()`` while the trial runs and has logged nothing (every 0.5 s per
-      running trial in a real sweep, so not per trial; shown, not added);
-    - the trial's output appears: a synthetic ``metrics.csv`` like ``gradwatch fit``'s (5 epochs of ``val/acc``,
-      ``health/*`` and per-layer ``grad/*`` columns), written untimed; the stand-in process exits;
-    - ``finish``: one ``sweep._poll()``: the five ``val/acc`` values reported to the trial, then ``_finish``: the
-      CSV read, three ``set_user_attr`` and ``study.tell(trial, value)``;
+    - ``ask``: ``study.ask(distributions)`` as ``_launch`` calls it: the sampler, then the storage writes of the new
+      trial and its parameters;
+    - ``launch``: the rest of ``sweep._launch()``: ``study.get_trials(RUNNING)``, ``sweep.ended()`` and
+      ``sweep._start(trial)`` (run id, run folder, config files, the command, ``set_user_attr`` calls, heartbeat);
+    - ``idle poll``: one ``sweep._poll()`` while the trial runs and nothing new is logged. It recurs every 0.5 s
+      per running trial, so it is shown apart and not added;
+    - ``report``: the trial logs one epoch at a time: a synthetic ``metrics.csv`` like ``gradwatch fit``'s on the
+      digits (train rows, gradient-monitor rows with per-layer ``grad/*`` and ``health/*`` columns, one ``val/acc``
+      row per epoch, rising to the trial's value), written untimed, then one ``sweep._poll()``: the CSV read,
+      ``trial.report`` and, with hyperband, ``trial.should_prune()``. Summed over the epochs the trial logs before
+      it ends: all 15, or fewer when the pruner stops it (the table gives the mean and how many were pruned);
+    - ``finish``: the poll in which the trial ends: after its last epoch the stand-in exits, and ``_finish`` reads
+      the CSV, sets the user attributes and calls ``study.tell``. For a pruned trial this is the poll that reports
+      the epoch, prunes (``terminate`` on the stand-in) and tells ``PRUNED``;
     - ``collect``: ``gradwatch.sweep.results.collect(study, spec)``, the results table's rows (today once per
       ``gradwatch sweep run``, after the last trial; counted per trial here, the worst case of a live table).
 
-    "Per trial" is ask + launch bookkeeping + finish + collect. The samplers, on identical studies:
+    "Per trial" is ask + launch + report + finish + collect. Only ``ask`` is the sampler's own; the others are the
+    same code for every sampler, though ``report`` grows with the epochs a trial lives, which depends on what the
+    sampler proposed (better trials are pruned later). The samplers, on identical studies:
 
     - ``gp``: the sampler ``LocalSweep`` builds for bayes (``GPSampler(n_startup_trials=10)``, as shipped);
     - ``tpe``: ``TPESampler(multivariate=True)`` with the same ``n_startup_trials`` (seeded; Optuna's other
-      defaults, ``constant_liar=True`` among them);
+      defaults, ``constant_liar=True`` among them). Under a ``HyperbandPruner`` Optuna's TPE models only the
+      trials of the new trial's bracket, as it does in any hyperband study;
     - ``random``: ``RandomSampler``, not a candidate: the floor, what the storage alone costs.
 
-    The first study gets ``--history`` (100) finished trials through the same cycle with a seeded
-    ``RandomSampler`` (parameters and a smooth synthetic ``val/acc`` of them plus noise), with the user attributes
-    and intermediate values real trials leave; the other two start from a copy of its database file, so all three
-    hold the same trials. Then the
-    measured sampler is set (``study.sampler = ...``), one untimed cycle each absorbs first-use costs (printed:
-    GPSampler's first ask imports its torch / scipy code), and ``--asks`` (20) rounds follow, each running one
-    cycle per sampler in an order that rotates by one every round, so drift falls on all alike. Each study grows
-    by one finished trial per cycle: 100 + 1 + 20 at the end. The table gives the median and the p90 (nearest
-    rank) of every phase, the SQL statements it sends and the transactions among them that write (SQLAlchemy's
-    events): on SQLite each write transaction is a journal file and fsyncs, milliseconds however small.
+    The first study gets ``--history`` (100) ended trials (finished or pruned) through the same cycle with a
+    seeded ``RandomSampler``, synthetic ``val/acc`` a smooth function of the parameters plus noise, so it holds
+    the user attributes and intermediate values real trials leave; the other two start from a copy of its
+    database file, so all three hold the same trials. Then the measured sampler is set (``study.sampler =
+    ...``), one untimed cycle each absorbs first-use costs (printed), and ``--asks`` (20) rounds follow, each
+    running one cycle per sampler in an order that rotates by one every round, so drift falls on all alike.
+    Each study grows by one trial per cycle: 100 + 1 + 20 at the end. The table gives the median and the p90
+    (nearest rank) of every phase, the SQL statements it sends and the transactions among them that write
+    (SQLAlchemy's events): on SQLite each write transaction is a journal file and fsyncs, milliseconds however
+    small, so the folder's filesystem matters (the bench's folders are under ``$TMPDIR``, ``/tmp`` by default; a
+    real sweep's under ``runs/``).
+
+    GPSampler computes with torch, by default one thread per core, in the controller's process: where trials or
+    anything else keep the cores busy its asks stall and swing (``--threads 1`` to compare; the table prints the
+    thread count and whether ``greenlet``, which lets Optuna batch GPSampler's acquisition search, is installed).
 
     Then, on the gp study (121 trials): the storage calls the controller repeats, timed alone, ``--asks`` times
-    each: ``study.get_trials()``, ``study.get_trials(states=RUNNING)``, ``sweep.ended()``. And the one-off costs
-    of a fresh controller process: ``LocalSweep(...)`` (imports Optuna, creates the schema) and its first cycle
-    (``_start`` imports ``gradwatch.loggers``, ``_environment`` imports ``gradwatch.cli``), with the heavy modules
-    each one imported. ``--profile`` then runs 5 more cycles each of gp and tpe under cProfile (untimed, their
-    studies grow by 5) and prints the controller's, Optuna's study and storage functions by cumulative time.
+    each: ``study.get_trials()``, ``study.get_trials(states=RUNNING)``, ``sweep.ended()``, ``collect`` and one
+    ``trial.set_user_attr`` (a write, on one more trial asked for it). And the one-off costs of a fresh controller
+    process: ``LocalSweep(...)`` (imports Optuna, creates the schema) and its first cycle (whatever ``_start`` and
+    the rest import on first use), with the heavy modules each one imported. ``--profile`` then runs 5 more
+    cycles each of gp and tpe under cProfile (untimed; their studies grow by 5) and prints the controller's and
+    Optuna's study, sampler and storage functions by cumulative time.
 
     **Part ``startup``.** Fresh interpreters (``sys.executable``), each run's wall time from spawn to exit; the
     median over ``--repeats`` interleaved rounds after one untimed round (``.pyc`` files, page cache):
@@ -81,19 +97,25 @@ What it measures
     (``results.json``) / wall time from spawn to exit × 3600; also from the first "trial started" line to exit,
     which leaves out the controller's start-up and its check of the file against ``gradwatch fit``'s parser. The
     ratio is K = 2's over K = 1's. The mean trial time (``seconds`` in ``results.json``) shows what sharing the
-    cores costs each trial.
+    cores costs each trial. Without GPUs the engine gives a K = 1 trial every core's thread and each K = 2 trial
+    one: a 2-thread trial stalls at every parallel region whenever another process takes a core (on a shared
+    2-core machine one quickstart trial took 85 s at K = 1 and 18 s at K = 2), so on a busy machine the ratio
+    measures the load, not the engine.
 
 How to run
-    ``.venv/bin/python bench/sweep_overhead.py`` runs every part: the controller part takes about a minute, start-up
-    a few minutes, workers about 10 minutes (two whole quickstart sweeps; both cores busy throughout).
-    ``--part controller|startup|workers|all`` picks one. ``--quick`` is a smoke run of a few minutes with meaningless
-    numbers (5 asks, 1 start-up round, 4 trials per worker count). Options: ``--history``, ``--asks``,
+    ``.venv/bin/python bench/sweep_overhead.py`` runs every part: the controller part takes one to three minutes
+    (most of it GPSampler's asks), start-up about five, workers about ten (two whole quickstart sweeps; both cores
+    busy throughout). ``--part controller|startup|workers|all`` picks one. ``--quick`` is a smoke run with
+    meaningless numbers (5 asks, 1 start-up round, 4 trials per worker count): about a minute for the controller,
+    two for start-up, several for workers. Options: ``--history``, ``--asks``, ``--threads``, ``--no-hyperband``,
     ``--repeats``, ``--count``, ``--profile``, ``--json PATH``. Run it on an otherwise idle machine: on 2 cores,
-    any other process shows up in every number, the worker ratio most of all; the last line gives the load average.
+    any other process shows up in every number, GPSampler's asks and the worker ratio most of all; the last line
+    gives the load average.
 
 How to read it
-    The controller's target is the "per trial" row's median; p90 shows how often a trial pays more. What is left
-    when ``ask`` is taken out is the same for every sampler: storage round trips (see the SQL column). Start-up
+    The controller's target is the "per trial" row's median; p90 shows how often a trial pays more. The samplers
+    differ in ``ask``; what is left is the same code for all, storage round trips, the write transactions (``txn``)
+    above all (reads come from Optuna's cache of finished trials and cost a few milliseconds). Start-up
     targets: ``import gradwatch`` near ``python -c pass``, no heavy module listed; the first training step comes
     seconds after spawn, most of it ``import lightning``. A worker ratio under 2 is expected: two trials on two
     cores each get one thread and share memory bandwidth; under 1.6 the controller or start-up eats the gain.
@@ -133,6 +155,7 @@ from typing import Any
 from gradwatch.sweep import local
 from gradwatch.sweep.results import collect
 from gradwatch.sweep.spec import load_sweep, parse_sweep
+from gradwatch.sweep.workers import visible_gpus
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -153,16 +176,20 @@ SAMPLER_LABELS = {
     "random": "RandomSampler (storage floor)",
 }
 
+#: Like sweeps/cnn-bayes.yaml (its run_cap left out: the bench sets count).
 SPEC = {
     "name": "bench",
     "method": "bayes",
     "metric": {"name": "val/acc", "goal": "maximize"},
+    "early_terminate": {"type": "hyperband", "min_iter": 3, "eta": 3},
     "parameters": {
-        "model.depth": {"distribution": "int_uniform", "min": 2, "max": 16},
-        "model.activation": {"values": ["relu", "gelu", "tanh", "sigmoid"]},
-        "model.norm": {"values": ["none", "batch", "layer"]},
+        "model.depth": {"distribution": "int_uniform", "min": 2, "max": 24},
+        "model.activation": {"values": ["relu", "leaky_relu", "gelu", "tanh", "sigmoid"]},
+        "model.norm": {"values": ["none", "batch", "group"]},
         "model.residual": {"values": [False, True]},
-        "model.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+        "model.init": {"values": ["default", "kaiming", "xavier", "orthogonal"]},
+        "model.optimizer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-2},
+        "trainer.max_epochs": {"value": 15},
     },
     "command": ["${env}", "${interpreter}", "-m", "gradwatch", "fit", "--config", FIT_CONFIG, "${args}"],
 }
@@ -244,23 +271,27 @@ def no_processes() -> Iterator[None]:
 def synthetic_acc(params: dict[str, Any], number: int) -> float:
     """A smooth function of the parameters plus seeded noise: deep sigmoid nets without help do badly."""
     rng = random.Random(SEED * 100_003 + number)
-    depth, lr = params["model.depth"], params["model.lr"]
+    depth, lr = params["model.depth"], params["model.optimizer.lr"]
     acc = 0.97 - 0.04 * (math.log10(lr) + 2.5) ** 2
     if params["model.activation"] in ("sigmoid", "tanh") and params["model.norm"] == "none":
-        acc -= 0.03 * depth / (2.0 if params["model.residual"] else 1.0)
-    acc -= 0.002 * abs(depth - 8)
+        acc -= 0.02 * depth / (2.0 if params["model.residual"] else 1.0)
+    acc -= 0.002 * abs(depth - 8) + (0.01 if params["model.init"] == "default" else 0.0)
     return min(1.0, max(0.05, acc + rng.gauss(0.0, 0.01)))
 
 
-def write_metrics(run_dir: Path, acc: float, epochs: int = 5, layers: int = 9, steps_per_epoch: int = 23) -> None:
-    """A ``metrics.csv`` shaped like ``gradwatch fit``'s: train rows every 10 steps, monitor rows, a val row/epoch."""
+def write_metrics(run_dir: Path, acc: float, epochs: int, total: int, layers: int = 9, steps: int = 23) -> None:
+    """``metrics.csv`` after ``epochs`` of ``total`` epochs, shaped like ``gradwatch fit``'s on the digits.
+
+    Train rows every 10 steps, a gradient-monitor row every 50 (``grad/*`` per layer, ``health/*``) and one
+    ``val/acc`` row per epoch, rising towards ``acc`` at the last epoch.
+    """
     grad = [f"grad/layer{i}/{stat}" for i in range(layers) for stat in ("norm", "rms", "update_ratio")]
     health = ["health/vanishing", "health/exploding", "health/nonfinite", "health/attenuation"]
     columns = ["epoch", "step", "train/acc", "train/loss", "val/acc", "val/loss", *health, *grad]
     rows: list[dict[str, float]] = []
     for epoch in range(epochs):
-        frac = (epoch + 1) / epochs
-        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+        frac = (epoch + 1) / total
+        for step in range(epoch * steps, (epoch + 1) * steps):
             if step % 10 == 9:
                 rows.append({"epoch": epoch, "step": step, "train/acc": acc * frac, "train/loss": 2.3 * (1 - frac)})
             if step % 50 == 0:
@@ -270,8 +301,7 @@ def write_metrics(run_dir: Path, acc: float, epochs: int = 5, layers: int = 9, s
                 row["health/attenuation"] = 1.5
                 rows.append(row)
         val = acc * (0.8 + 0.2 * frac)
-        rows.append({"epoch": epoch, "step": (epoch + 1) * steps_per_epoch - 1, "val/acc": val, "val/loss": 1 - val})
-    rows[-1]["val/acc"] = acc  # the last val/acc is the trial's value
+        rows.append({"epoch": epoch, "step": (epoch + 1) * steps - 1, "val/acc": val, "val/loss": 1 - val})
     lines = [",".join(columns)]
     lines += [",".join("" if row.get(c) is None else repr(row[c]) for c in columns) for row in rows]
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
@@ -310,7 +340,9 @@ class SqlCounter:
         self._dirty = False
 
 
-PHASES = ("ask", "launch", "poll_running", "finish", "collect")
+PHASES = ("ask", "launch", "idle_poll", "report", "finish", "collect")
+#: The phases that make "per trial"; one idle poll recurs every 0.5 s while a trial runs, so it is shown apart.
+PER_TRIAL = ("ask", "launch", "report", "finish", "collect")
 
 
 @dataclass
@@ -320,13 +352,16 @@ class Controller:
     key: str
     sweep: Any
     sql: SqlCounter
+    epochs: int
     times: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
     statements: dict[str, list[int]] = field(default_factory=lambda: {p: [] for p in PHASES})
     commits: dict[str, list[int]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    reported: list[int] = field(default_factory=list)
+    pruned: list[bool] = field(default_factory=list)
 
 
 def cycle(c: Controller, record: bool = True) -> dict[str, float]:
-    """One trial through the controller, as ``LocalSweep.run`` drives it; seconds (and statements) per phase."""
+    """One trial through the controller, as ``LocalSweep.run`` drives it; seconds per phase (statements too)."""
     sweep, study = c.sweep, c.sweep.study
     asked: list[tuple[float, int, int]] = []
     real_ask = study.ask
@@ -337,14 +372,18 @@ def cycle(c: Controller, record: bool = True) -> dict[str, float]:
         asked.append((time.perf_counter() - t0, c.sql.n - n0, c.sql.commits - k0))
         return trial
 
-    spent: dict[str, float] = {}
-    sent: dict[str, int] = {}
-    committed: dict[str, int] = {}
+    spent = dict.fromkeys(PHASES, 0.0)
+    sent = dict.fromkeys(PHASES, 0)
+    committed = dict.fromkeys(PHASES, 0)
 
-    def timed(phase: str, fn: Callable[[], Any]) -> None:
+    def timed(phase: str | Callable[[], str], fn: Callable[[], Any]) -> None:
         n0, k0, t0 = c.sql.n, c.sql.commits, time.perf_counter()
         fn()
-        spent[phase], sent[phase], committed[phase] = time.perf_counter() - t0, c.sql.n - n0, c.sql.commits - k0
+        seconds = time.perf_counter() - t0
+        name = phase if isinstance(phase, str) else phase()
+        spent[name] += seconds
+        sent[name] += c.sql.n - n0
+        committed[name] += c.sql.commits - k0
 
     study.ask = timed_ask
     try:
@@ -360,18 +399,25 @@ def cycle(c: Controller, record: bool = True) -> dict[str, float]:
     spent["launch"] -= spent["ask"]
     sent["launch"] -= sent["ask"]
     committed["launch"] -= committed["ask"]
-    timed("poll_running", sweep._poll)
-    write_metrics(running.run_dir, synthetic_acc(running.params, running.trial.number))
-    running.process.done = True
-    timed("finish", sweep._poll)
-    if sweep._running:
-        raise RuntimeError("the trial did not finish on the poll after its process exited")
+    acc = synthetic_acc(running.params, running.trial.number)
+    timed("idle_poll", sweep._poll)  # running, nothing logged yet
+    epoch = 0
+    while sweep._running:  # one poll per logged epoch: each reports one val/acc (and asks the pruner)
+        if epoch < c.epochs:
+            epoch += 1
+            write_metrics(running.run_dir, acc, epoch, c.epochs)
+        if epoch == c.epochs:
+            running.process.done = True  # the last epoch is logged: the process exits
+        # The poll that ends the trial is "finish" (for a pruned one, the same poll reports, prunes and finishes).
+        timed(lambda: "report" if sweep._running else "finish", sweep._poll)
     timed("collect", lambda: collect(study, sweep.spec))
     if record:
         for phase in PHASES:
             c.times[phase].append(spent[phase])
             c.statements[phase].append(sent[phase])
             c.commits[phase].append(committed[phase])
+        c.reported.append(running.reported)
+        c.pruned.append(running.pruned_at is not None)
     return spent
 
 
@@ -386,16 +432,16 @@ def measured_sampler(key: str, shipped: Any) -> Any:
     return optuna.samplers.RandomSampler(seed=SEED)
 
 
-def per_trial(times: dict[str, list[float]], i: int) -> float:
-    return times["ask"][i] + times["launch"][i] + times["finish"][i] + times["collect"][i]
-
-
 def part_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    spec = parse_sweep(SPEC, "bench.yaml")
-    count = max(200, args.history + args.asks + 2)
+    raw = {k: v for k, v in SPEC.items() if k != "early_terminate" or not args.no_hyperband}
+    spec = parse_sweep(raw, "bench.yaml")
+    count = max(200, args.history + args.asks + 2 + (PROFILE_CYCLES if args.profile else 0))
+    epochs = int(spec.parameters["trainer.max_epochs"].value)
+    swept = sum(p.distribution != "constant" for p in spec.parameters.values())
+    pruner = "hyperband (min_iter 3, eta 3)" if spec.early_terminate is not None else "no early termination"
     print(
-        f"controller: bayes sweep of {len(spec.parameters)} parameters, metric val/acc (maximize), count={count};"
-        f" {args.history} finished trials, then {args.asks} timed rounds of one trial per sampler"
+        f"controller: bayes sweep of {swept} parameters like sweeps/cnn-bayes.yaml, {pruner}, val/acc maximized,"
+        f" {epochs} epochs a trial, count={count}; {args.history} ended trials, then {args.asks} timed rounds"
     )
     controllers: dict[str, Controller] = {}
     once: dict[str, Any] = {}
@@ -408,7 +454,7 @@ def part_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             before, t0 = heavy_loaded(), time.perf_counter()
             sweep = local.LocalSweep(spec, folder, count=count, echo=lambda line: None)
             built = time.perf_counter() - t0
-            c = Controller(key, sweep, SqlCounter(sweep.study))
+            c = Controller(key, sweep, SqlCounter(sweep.study), epochs)
             shipped = sweep.study.sampler
             if not controllers:
                 once["LocalSweep() in a fresh process"] = (built, sorted(heavy_loaded() - before))
@@ -424,7 +470,7 @@ def part_controller(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         first = time.perf_counter() - t0
                         once["first cycle in a fresh process"] = (first, sorted(heavy_loaded() - before))
                 fill_s = time.perf_counter() - t_fill
-                print(f"  {args.history} finished trials through the controller with RandomSampler: {fill_s:.1f} s")
+                print(f"  {args.history} ended trials through the controller with RandomSampler: {fill_s:.1f} s")
             sweep.study.sampler = measured_sampler(key, shipped)
             controllers[key] = c
         if args.threads is not None:  # GPSampler computes with torch
@@ -502,25 +548,27 @@ def report_controller(
 
     rows = (
         ("ask", "ask: study.ask(distributions)"),
-        ("launch", "launch bookkeeping (_launch - ask)"),
-        ("finish", "finish: reports, _finish, tell"),
+        ("launch", "launch: _launch less ask, _start"),
+        ("report", "report: polls with a new epoch"),
+        ("finish", "finish: poll, _finish, tell"),
         ("collect", "collect(study, spec)"),
-        ("rest", "rest: launch + finish + collect"),
+        ("rest", "rest: all of the above but ask"),
         ("per_trial", "per trial: ask + rest"),
-        ("poll_running", "one poll while running (not added)"),
+        ("idle_poll", "one idle poll (every 0.5 s)"),
     )
+    rest_phases = [p for p in PER_TRIAL if p != "ask"]
     summary: dict[str, Any] = {"samplers": {}, "once": {}, "probes": probes}
     for key, c in controllers.items():
         n = len(c.times["ask"])
-        derived = {
-            "rest": [c.times["launch"][i] + c.times["finish"][i] + c.times["collect"][i] for i in range(n)],
-            "per_trial": [per_trial(c.times, i) for i in range(n)],
+
+        def combined(per_phase: dict[str, list[Any]], phases: list[str] | tuple[str, ...], n: int = n) -> list[Any]:
+            return [sum(per_phase[p][i] for p in phases) for i in range(n)]
+
+        everything = {**c.times, "rest": combined(c.times, rest_phases), "per_trial": combined(c.times, PER_TRIAL)}
+        counts = {
+            what: {**per_phase, "rest": combined(per_phase, rest_phases), "per_trial": combined(per_phase, PER_TRIAL)}
+            for what, per_phase in (("sql", c.statements), ("commits", c.commits))
         }
-        everything = {**c.times, **derived}
-        counts = {}
-        for what, per_phase in (("sql", c.statements), ("commits", c.commits)):
-            rest = [per_phase["launch"][i] + per_phase["finish"][i] + per_phase["collect"][i] for i in range(n)]
-            counts[what] = {**per_phase, "rest": rest, "per_trial": [rest[i] + per_phase["ask"][i] for i in range(n)]}
         summary["samplers"][key] = {
             name: {
                 "median_ms": 1e3 * median(values),
@@ -540,6 +588,16 @@ def report_controller(
         f" each study ends at {trials_at_end} trials"
     )
     print("  " + "; ".join(f"{key}: {label}" for key, label in SAMPLER_LABELS.items() if key in controllers))
+    for key, c in controllers.items():
+        summary["samplers"][key]["epochs_reported_mean"] = statistics.fmean(c.reported)
+        summary["samplers"][key]["pruned"] = sum(c.pruned)
+    print(
+        "  timed trials, epochs reported (mean) and pruned: "
+        + "; ".join(
+            f"{key} {statistics.fmean(c.reported):.1f}, {sum(c.pruned)}/{len(c.pruned)}"
+            for key, c in controllers.items()
+        )
+    )
     print()
     print(f"{'':38}" + "".join(f"{key:^29}" for key in controllers))
     print(f"{'':38}" + f"{'median':>9}{'p90 ms':>9}{'SQL':>5}{'txn':>4}  " * len(controllers))
@@ -555,7 +613,7 @@ def report_controller(
     for key in ("gp", "tpe"):
         med = summary["samplers"][key]["per_trial"]["median_ms"] / 1e3
         verdicts.append(f"{key} {'yes' if med < TARGET_CONTROLLER_S else 'NO'} ({med:.3f} s)")
-    print(f"per trial (median) < {TARGET_CONTROLLER_S} s with {args.history} finished trials: {', '.join(verdicts)}")
+    print(f"per trial (median) < {TARGET_CONTROLLER_S} s with {args.history} ended trials: {', '.join(verdicts)}")
     gp_ask = summary["samplers"]["gp"]["ask"]["median_ms"]
     tpe_ask = summary["samplers"]["tpe"]["ask"]["median_ms"]
     print(f"ask, GPSampler / TPESampler(multivariate=True): {gp_ask / tpe_ask:.1f}× (medians)")
@@ -778,7 +836,8 @@ def run_workers(k: int, count: int | None, tmp: Path) -> dict[str, Any]:
     env = child_env()
     env.pop("OMP_NUM_THREADS", None)  # the engine's own split: cores / K threads per trial
     env.pop("WANDB_RUN_ID", None)
-    print(f"  K={k}: {' '.join(command[1:])}", flush=True)
+    share = "one GPU each" if visible_gpus() else f"OMP_NUM_THREADS={max(1, (os.cpu_count() or 1) // k)} each"
+    print(f"  K={k} (trials get {share}): {' '.join(command[1:])}", flush=True)
     t0 = time.perf_counter()
     first_start: float | None = None
     tail: list[str] = []
@@ -845,11 +904,14 @@ def part_workers(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("controller", "startup", "workers", "all"), default="all")
-    parser.add_argument("--history", type=int, default=100, help="finished trials before timing (default: 100)")
+    parser.add_argument(
+        "--part", choices=("controller", "startup", "workers", "all"), default="all", help="(default: all)"
+    )
+    parser.add_argument("--history", type=int, default=100, help="ended trials before timing (default: 100)")
     parser.add_argument("--asks", type=int, help="timed trials per sampler (default: 20; quick: 5)")
     parser.add_argument("--repeats", type=int, help="timed rounds of the start-up commands (default: 5; quick: 1)")
     parser.add_argument("--count", type=int, help="trials per worker count (default: the grid, 8; quick: 4)")
+    parser.add_argument("--no-hyperband", action="store_true", help="controller: the bayes sweep without pruning")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in the controller (default: torch's own)")
     parser.add_argument("--profile", action="store_true", help="also cProfile the controller's gp and tpe cycles")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes; numbers meaningless")

@@ -7,9 +7,11 @@ import os
 import secrets
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+if TYPE_CHECKING:  # Lightning is imported where loggers are made: the sweep controller needs only the helpers
+    from lightning.pytorch.loggers import Logger
 
 DEFAULT_PROJECT = "gradwatch"
 
@@ -55,6 +57,7 @@ def default_loggers(root_dir: str | Path, *, run_id: str | None = None, project:
         project: W&B project; ``WANDB_PROJECT`` or ``"gradwatch"`` when ``None``.
     """
     import wandb
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     run_id = run_id or new_run_id()
     run_dir = Path(root_dir) / run_id

@@ -41,7 +41,7 @@ def run_wandb_agent_command(tmp_path: Path, command: list[str], params: dict) ->
     agent._forward_signals = False
     agent._run_processes = {}
     agent._kill_delay = 30
-    cwd = os.getcwd()
+    cwd, environ = os.getcwd(), dict(os.environ)
     os.chdir(tmp_path)
     try:
         agent._command_run(
@@ -53,6 +53,9 @@ def run_wandb_agent_command(tmp_path: Path, command: list[str], params: dict) ->
             time.sleep(0.05)
     finally:
         os.chdir(cwd)
+        # The agent sets WANDB_RUN_ID and WANDB_SWEEP_PARAM_PATH in its own process for every later run.
+        os.environ.clear()
+        os.environ.update(environ)
     seen = json.loads(out.read_text())
     return seen["argv"], seen["env"]
 

@@ -56,18 +56,19 @@ def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
         state = "interrupted" if t.number in retried else _STATES[t.state.name]
         value = t.value if t.state.name == "COMPLETE" else _last_intermediate(t)
         metric = value if spec.metric is not None and value is not None and state != "failed" else None
-        health = t.user_attrs.get("health", {})
+        run, outcome = t.user_attrs.get("run", {}), t.user_attrs.get("outcome")
+        health = (outcome or {}).get("health", {})
         rows.append(
             TrialResult(
                 trial=t.number,
                 state=state,
                 params={name: t.params.get(name) for name in spec.parameters},
                 metric=metric,
-                health=describe_health(health) if "exit_code" in t.user_attrs else "",
+                health=describe_health(health) if outcome is not None else "",
                 attenuation=health.get("attenuation"),
-                run_dir=t.user_attrs.get("run_dir", ""),
-                seconds=t.user_attrs.get("seconds"),
-                error=t.user_attrs.get("error"),
+                run_dir=run.get("dir", ""),
+                seconds=(outcome or {}).get("seconds"),
+                error=(outcome or {}).get("error"),
             )
         )
     sign = -1.0 if spec.metric is not None and spec.metric.goal == "maximize" else 1.0
