@@ -329,15 +329,27 @@ class LocalSweep:
         if (stat.st_mtime_ns, stat.st_size) == r.csv_stamp:
             return
         r.csv_stamp = (stat.st_mtime_ns, stat.st_size)
-        values = read_metrics(r.run_dir / "metrics.csv").get(self.spec.metric.name, [])
-        for step in range(r.reported, len(values)):
+        name = self.spec.metric.name
+        values = read_metrics(r.run_dir / "metrics.csv", [name]).get(name, [])
+        rungs = [step for step in range(r.reported, len(values)) if self._is_rung(step)]
+        r.reported = len(values)
+        for step in rungs:
             r.trial.report(values[step], step)
-        if len(values) > r.reported:
-            r.reported = len(values)
-            if r.trial.should_prune():
-                r.pruned_at = r.reported
-                r.process.terminate()  # Lightning stops at the next step and finishes the run cleanly
-                r.terminated = time.monotonic()
+        if rungs and r.trial.should_prune():
+            r.pruned_at = r.reported
+            r.process.terminate()  # Lightning stops at the next step and finishes the run cleanly
+            r.terminated = time.monotonic()
+
+    def _is_rung(self, step: int) -> bool:
+        """Whether Hyperband can compare trials at ``step``: ``min_iter × eta^k``, the only steps its brackets read.
+
+        Each report and pruning check is a few storage transactions, so the values between rungs are not sent.
+        """
+        hb = self.spec.early_terminate
+        assert hb is not None
+        while step > hb.min_iter and step % hb.eta == 0:
+            step //= hb.eta
+        return step == hb.min_iter
 
     def _finish(self, r: _Running, code: int) -> None:
         from optuna.trial import TrialState
@@ -357,6 +369,9 @@ class LocalSweep:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.echo(f"trial {trial.number} pruned after {r.pruned_at} {metric.name} values ({seconds:.0f} s)")
         elif code == 0 and metric is not None and values:
+            if self.spec.early_terminate is not None and not self._is_rung(len(values) - 1):
+                # The pruner sizes its brackets ("auto" max_iter) from the last step of finished trials.
+                trial.report(values[-1], len(values) - 1)
             self.study.tell(trial, values[-1])
             self.echo(f"trial {trial.number} finished: {metric.name} {values[-1]:.4g} ({seconds:.0f} s)")
             if metric.reached(values[-1]):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 VERDICTS = ("vanishing", "exploding", "nonfinite")
 
 
-def read_metrics(path: str | Path) -> dict[str, list[float]]:
-    """Every column of a Lightning ``metrics.csv`` as the values it holds, in logging order (empty cells skipped).
+def read_metrics(path: str | Path, keys: Iterable[str] | None = None) -> dict[str, list[float]]:
+    """The columns of a Lightning ``metrics.csv`` as the values they hold, in logging order (empty cells skipped).
 
     A file being rewritten or a row half written is read as far as it is complete; a missing file reads as empty.
+
+    Args:
+        path: The CSV file.
+        keys: Only these columns (a run with a GradientMonitor has a few per layer); every column when ``None``.
     """
     try:
         text = Path(path).read_text()
@@ -20,15 +26,17 @@ def read_metrics(path: str | Path) -> dict[str, list[float]]:
         return {}
     if not text.endswith("\n"):  # the writer is mid-row: leave the partial row for the next read
         text = text[: text.rfind("\n") + 1]
+    rows = csv.reader(text.splitlines())
+    header = next(rows, [])
+    wanted = set(header) if keys is None else set(keys)
+    index = [(i, key) for i, key in enumerate(header) if key in wanted]
     columns: dict[str, list[float]] = {}
-    for row in csv.DictReader(text.splitlines()):
-        for key, cell in row.items():
-            if key is None or cell in (None, ""):
-                continue
-            try:
-                columns.setdefault(key, []).append(float(cell))
-            except ValueError:
-                continue
+    for row in rows:
+        for i, key in index:
+            cell = row[i] if i < len(row) else ""
+            if cell:
+                with contextlib.suppress(ValueError):
+                    columns.setdefault(key, []).append(float(cell))
     return columns
 
 
