@@ -100,6 +100,7 @@ class LocalSweep:
         self.storage_url = storage or f"sqlite:///{(self.folder / 'sweep.db').resolve()}"
         self._shared = storage is not None
         self.study = self._open_study()
+        self._space = self._distributions()
         self._running: list[_Running] = []
         self._target_reached = False
         self._last_heartbeat = 0.0
@@ -166,7 +167,7 @@ class LocalSweep:
         import optuna
 
         if self.spec.method == "grid":
-            return _GridSampler({p.name: p.grid() for p in self.spec.parameters.values()}, seed=0)
+            return _grid_sampler({p.name: p.grid() for p in self.spec.parameters.values()})
         if self.spec.method == "random":
             return optuna.samplers.RandomSampler()
         # TPE, not GP: at 100 finished trials a GP proposal took 0.6-5 s of the controller's (and the trials') CPU,
@@ -247,7 +248,7 @@ class LocalSweep:
             others = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if self.ended() + len(others) >= self.total:
                 return
-            self._start(self.study.ask(self._distributions()))
+            self._start(self.study.ask(self._space))
 
     def _start(self, trial: Any) -> None:
         from gradwatch.loggers import new_run_id
@@ -404,23 +405,18 @@ class LocalSweep:
         self._running.clear()
 
 
-def _grid_sampler_class() -> type:
+def _grid_sampler(search_space: dict[str, list[Any]]) -> Any:
+    """Optuna's grid sampler, minus its ``Study.stop()`` once the grid is visited (valid only inside ``optimize``).
+
+    The controller stops by counting ended trials instead. Seeded, so the grid's order is the same on every run.
+    """
     import optuna
 
     class GridSampler(optuna.samplers.GridSampler):
-        """Optuna's grid sampler, minus its ``Study.stop()`` once the grid is visited (valid only in ``optimize``).
-
-        The controller stops by counting ended trials instead.
-        """
-
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
             """Do nothing."""
 
-    return GridSampler
-
-
-def _GridSampler(search_space: dict[str, list[Any]], seed: int) -> Any:
-    return _grid_sampler_class()(search_space, seed=seed)
+    return GridSampler(search_space, seed=0)
 
 
 def interrupted(trials: list[Any]) -> set[int]:
