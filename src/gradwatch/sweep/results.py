@@ -120,9 +120,17 @@ def render(results: list[TrialResult], spec: SweepSpec) -> Any:
             r.health,
             _number(r.attenuation, "{:.2f}"),
             r.state if r.error is None else f"{r.state}: {r.error}",
-            r.run_dir,
+            _relative(r.run_dir),
         )
     return table
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the working directory when it lies inside it: the table stays narrow."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _number(value: float | None, fmt: str = "{:.4g}") -> str:
