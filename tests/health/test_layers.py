@@ -67,3 +67,13 @@ def test_include_exclude_and_group_depth():
 
 def test_graph_depths_of_a_tensor_without_graph_is_empty():
     assert graph_depths(torch.ones(2)) == {}
+
+
+def test_a_parametrized_layer_is_one_layer_with_its_weight_and_bias():
+    # Spectral norm moves the weight into `head.parametrizations.weight.original`; the bias stays on `head`. Under
+    # the WGAN loss the bias's gradient is exactly zero, so alone it would look like a vanishing layer.
+    model = nn.Sequential(nn.Linear(4, 8), nn.utils.parametrizations.spectral_norm(nn.Linear(8, 1)))
+    layers = {layer.name: layer for layer in find_layers(model)}
+    assert sorted(layers) == ["0", "1"]
+    head = model[1]
+    assert {id(p) for p in layers["1"].params} == {id(head.bias), id(head.parametrizations.weight.original)}

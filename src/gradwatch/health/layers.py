@@ -64,11 +64,21 @@ def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool
 
 
 def layer_name(path: str) -> str:
-    """A module path without ``torch.compile``'s ``_orig_mod`` components (:data:`ROOT` for the root).
+    """The layer a module's parameters count for: its path without ``torch.compile``'s ``_orig_mod`` components
+    (:data:`ROOT` for the root), and without a parametrization's ``parametrizations.<tensor>`` tail.
 
-    So a compiled model's metric keys are the same as the plain model's.
+    So a compiled model's metric keys are the same as the plain model's, and a spectral-normalized layer is one
+    layer whose weight (held by its parametrization) and bias are measured together.
+
+    Example::
+
+        >>> layer_name("_orig_mod.discriminator.head.1.parametrizations.weight")
+        'discriminator.head.1'
     """
-    return ".".join(part for part in path.split(".") if part != "_orig_mod") or ROOT
+    parts = [part for part in path.split(".") if part != "_orig_mod"]
+    if "parametrizations" in parts:
+        parts = parts[: parts.index("parametrizations")]
+    return ".".join(parts) or ROOT
 
 
 def group_name(name: str, depth: int | None) -> str:
