@@ -64,10 +64,10 @@ def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool
 
 
 def layer_name(path: str) -> str:
-    """The layer a module's parameters count for: its path without ``torch.compile``'s ``_orig_mod`` components
-    (:data:`ROOT` for the root), and without a parametrization's ``parametrizations.<tensor>`` tail.
+    """The layer a module's parameters count for (:data:`ROOT` for the root).
 
-    So a compiled model's metric keys are the same as the plain model's, and a spectral-normalized layer is one
+    The path drops ``torch.compile``'s ``_orig_mod`` components and a parametrization's ``parametrizations.<tensor>``
+    tail. So a compiled model's metric keys are the same as the plain model's, and a spectral-normalized layer is one
     layer whose weight (held by its parametrization) and bias are measured together.
 
     Example::
