@@ -11,7 +11,10 @@ from gradwatch.sweep.spec import SweepError, SweepSpec, load_sweep
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gradwatch sweep`` argument parser."""
-    parser = argparse.ArgumentParser(prog="gradwatch sweep", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gradwatch sweep",
+        description="Run a W&B sweep file: on W&B when logged in, else locally on Optuna with W&B offline.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
