@@ -30,7 +30,7 @@ class GradwatchCLI(LightningCLI):
     logging off; any logger given explicitly replaces them.
     """
 
-    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, args: list[str] | None = None) -> None:
         # Importing the packages registers their classes, so `--model CNN` and `--data DigitsDataModule` resolve.
         import gradwatch.data
         import gradwatch.models  # noqa: F401
@@ -46,7 +46,6 @@ class GradwatchCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             args=args,
-            **kwargs,
         )
 
     @override
@@ -219,25 +218,23 @@ class _DryCLI(GradwatchCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Train nothing."""
 
-    def before_fit(self) -> None:  # LightningCLI would call it from _run_subcommand; keep it out of dry runs
-        """Check nothing beyond parsing."""
-
 
 def _parser_message(exc: BaseException) -> str:
     """The line of a jsonargparse error that says what is wrong, or a ConfigError's own message."""
     err = find_config_error(exc)
     if err is not None:
         return str(err)
+    # jsonargparse explains a union type alternative by alternative; the line that matters is the innermost one.
     noise = (
         "Does not validate",
         "Subtypes:",
         "Errors:",
-        "- Expected a <class 'NoneType'>",
+        "Expected a <class 'NoneType'>",
         "Given value",
         "Problem with",
     )
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    kept = [line for line in lines if not line.lstrip("- ").startswith(noise) and not line.startswith(noise)]
+    lines = [line.strip().lstrip("- ") for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(noise)]
     return " ".join(kept[-2:]) if kept else (lines[-1] if lines else type(exc).__name__)
 
 

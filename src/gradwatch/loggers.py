@@ -39,10 +39,15 @@ def wandb_offline() -> bool:
     return not wandb_logged_in()
 
 
-def new_run_id() -> str:
-    """The W&B run id: the agent's (``WANDB_RUN_ID``) in a sweep trial, else a fresh W&B-style id."""
+def fresh_run_id() -> str:
+    """A new W&B-style run id: 8 lowercase letters and digits."""
     alphabet = string.ascii_lowercase + string.digits
-    return os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(alphabet) for _ in range(8))
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def new_run_id() -> str:
+    """The W&B run id: the agent's (``WANDB_RUN_ID``) in a sweep trial, else a fresh one."""
+    return os.environ.get("WANDB_RUN_ID") or fresh_run_id()
 
 
 def default_loggers(root_dir: str | Path, *, run_id: str | None = None, project: str | None = None) -> list[Logger]:

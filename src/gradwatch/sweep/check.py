@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,7 @@ def _check_metric(spec: SweepSpec, logged: tuple[list[str], list[str]] | None) -
         return
     keys, namespaces = logged
     name = spec.metric.name
-    if name in keys or name.startswith(tuple(namespaces)) or any(fnmatch.fnmatchcase(name, k) for k in keys):
+    if name in keys or name.startswith(tuple(namespaces)):
         return
     close = difflib.get_close_matches(name, keys, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""

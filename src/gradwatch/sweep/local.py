@@ -46,7 +46,6 @@ class _Running:
     """A trial whose process is alive."""
 
     trial: Any  # optuna.Trial
-    params: dict[str, Any]
     run_dir: Path
     process: subprocess.Popen
     log: IO[bytes]
@@ -251,10 +250,10 @@ class LocalSweep:
             self._start(self.study.ask(self._space))
 
     def _start(self, trial: Any) -> None:
-        from gradwatch.loggers import new_run_id
+        from gradwatch.loggers import fresh_run_id
 
         params = {name: trial.params[name] for name in self.spec.parameters}
-        run_id = _fresh_run_id(new_run_id)
+        run_id = fresh_run_id()
         runs = self.folder / "runs"
         run_dir = runs / run_id
         run_dir.mkdir(parents=True)
@@ -280,7 +279,7 @@ class LocalSweep:
             preexec_fn=_die_with_parent,
         )
         self.study._storage.record_heartbeat(trial._trial_id)
-        self._running.append(_Running(trial, params, run_dir, process, log, slot))
+        self._running.append(_Running(trial, run_dir, process, log, slot))
         shown = " ".join(f"{k}={v}" for k, v in params.items())
         self.echo(f"trial {trial.number} started: {shown} (run {run_id})")
 
@@ -426,16 +425,6 @@ def interrupted(trials: list[Any]) -> set[int]:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def _fresh_run_id(new_run_id: Callable[[], str]) -> str:
-    # `new_run_id` returns $WANDB_RUN_ID when set (inside a trial); a controller makes a fresh id per trial.
-    saved = os.environ.pop("WANDB_RUN_ID", None)
-    try:
-        return new_run_id()
-    finally:
-        if saved is not None:
-            os.environ["WANDB_RUN_ID"] = saved
 
 
 def _lock(folder: Path) -> IO[str]:

@@ -40,7 +40,7 @@ class TrialResult:
     error: str | None
 
 
-_STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+_STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
 
 def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
