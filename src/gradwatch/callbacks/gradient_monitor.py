@@ -25,6 +25,9 @@ NONFINITE_ACTIONS = (*ACTIONS, "skip")
 #: Most measurements the gradient-flow heatmap keeps (it thins itself beyond, so checkpoints stay small).
 HISTORY = 1000
 
+#: The hyperparameter that holds the measured layers in input → output order (``hparams.yaml``, W&B config).
+LAYERS_KEY = "gradwatch/layers"
+
 # Verdicts are one line each on stderr (logging's last-resort handler when the user configured none), not warnings,
 # which would print the source line under them.
 log = logging.getLogger("gradwatch")
@@ -274,6 +277,7 @@ class GradientMonitor(Callback):
             return
         if group.stats is None:
             group.stats = GradientStatistics(self._layers(pl_module, optimizer), histograms=self.histograms)
+            self._log_layer_order(trainer)
         step = logging_step(trainer)
         if step % self._every == 0 or group.measured == 0:
             if group.snapshot_step is not None and group.snapshot_step != step - 1:
@@ -289,6 +293,16 @@ class GradientMonitor(Callback):
         if self.update_ratio and (step + 1) % self._every == 0:
             group.stats.snapshot()
             group.snapshot_step = step
+
+    def _log_layer_order(self, trainer: pl.Trainer) -> None:
+        """Log the layers, input → output, as the hyperparameter :data:`LAYERS_KEY` of every logger.
+
+        Metric keys cannot carry the order (CSV headers are sorted, W&B panels list keys alphabetically), and
+        reports and dashboards draw layers in it. A GAN's groups follow each other as they are laid out.
+        """
+        names = [name for group in self._groups.values() if group.stats is not None for name in group.stats.names]
+        for logger in trainer.loggers:
+            logger.log_hyperparams({LAYERS_KEY: names})
 
     def _measure(
         self,

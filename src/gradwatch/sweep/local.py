@@ -30,6 +30,9 @@ from gradwatch.sweep.metrics import health_summary, read_metrics
 from gradwatch.sweep.spec import SweepError, SweepSpec
 from gradwatch.sweep.workers import visible_gpus, worker_env
 
+#: The sweep file as it runs (JSON, which is YAML), in the sweep folder.
+SWEEP_FILE = "sweep.yaml"
+
 #: Seconds between heartbeats of running trials; a trial silent for GRACE_PERIOD is taken as interrupted.
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 60
@@ -151,6 +154,9 @@ class LocalSweep:
                 f"{self.storage_url} already holds a different sweep named {self.spec.name!r}: "
                 "give this one another --dir (or name), or restore the file it was started with"
             )
+        # The file as it runs, named, next to its runs: `gradwatch report` reads the parameters and metric from it.
+        named = {**_jsonable(self.spec.config), "name": self.spec.name}
+        (self.folder / SWEEP_FILE).write_text(json.dumps(named, indent=2))
         # With its own storage this controller is alone (the folder lock), so every running trial lost its
         # controller; on shared storage only trials whose heartbeat stopped did.
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

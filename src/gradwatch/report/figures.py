@@ -1,0 +1,583 @@
+"""The report's charts as plotly.js figures (plain dicts: ``{"data": [...], "layout": {...}}``).
+
+Figures are built as data, not through ``plotly.graph_objects``: its validation costs more than the whole report
+for a 64-run sweep. Arrays travel as plotly.js typed arrays (float32, base64), a third of their JSON text, and
+long series are thinned to what a chart a few hundred pixels wide can show.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gradwatch.report.runs import Run, Sweep
+
+#: Most points a line keeps (min and max of each bin, so spikes survive thinning).
+LINE_POINTS = 400
+#: Most step columns of a run's gradient-flow heatmap, and of each small multiple in a sweep's grid.
+HEATMAP_COLUMNS = 200
+GRID_COLUMNS = 60
+#: Colours of verdicts, where they are marked.
+VERDICT_COLOURS = {"vanishing": "#3b6fb6", "exploding": "#d9534f", "nonfinite": "#8e44ad"}
+#: How many values a parameter may take and still be a row or column of the sweep's grid.
+MAX_FACET_VALUES = 8
+
+Figure = dict[str, Any]
+
+
+def typed(values: np.ndarray) -> dict[str, Any]:
+    """A plotly.js typed array: float32, base64, with its shape when it has two dimensions."""
+    array = np.ascontiguousarray(values, dtype="<f4")
+    encoded: dict[str, Any] = {"dtype": "f4", "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+    if array.ndim == 2:
+        encoded["shape"] = f"{array.shape[0]},{array.shape[1]}"
+    return encoded
+
+
+def thin(steps: np.ndarray, values: np.ndarray, points: int = LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``points`` points of a series: each bin's lowest and highest value, in step order."""
+    n = len(values)
+    if n <= points:
+        return steps, values
+    bins = points // 2
+    edges = np.linspace(0, n, bins + 1).astype(int)
+    keep = []
+    for lo, hi in itertools.pairwise(edges):
+        chunk = values[lo:hi]
+        if not len(chunk):
+            continue
+        pair = (
+            sorted({lo + int(np.nanargmin(chunk)), lo + int(np.nanargmax(chunk))}) if np.isfinite(chunk).any() else [lo]
+        )
+        keep.extend(pair)
+    index = np.asarray(keep)
+    return steps[index], values[index]
+
+
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
+
+
+def viridis(positions: Sequence[float]) -> list[str]:
+    """Viridis colours at ``positions`` in [0, 1], as ``#rrggbb``: the heatmaps' scale, so colours mean one thing."""
+    stops = np.linspace(0, 1, len(_VIRIDIS))
+    colours = []
+    for t in positions:
+        rgb = [round(float(np.interp(t, stops, _VIRIDIS[:, c]))) for c in range(3)]
+        colours.append("#{:02x}{:02x}{:02x}".format(*rgb))
+    return colours
+
+
+def layer_colours(count: int) -> list[str]:
+    """``count`` colours from input (dark blue) to output (yellow), so depth reads as a gradient."""
+    return viridis(np.linspace(0, 1, count)) if count > 1 else viridis([0.0])[:count]
+
+
+def _layout(title: str, **extra: Any) -> dict[str, Any]:
+    layout: dict[str, Any] = {
+        "title": {"text": title, "x": 0.01, "font": {"size": 14}},
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
+        "height": 320,
+        "hovermode": "closest",
+        "legend": {"font": {"size": 10}},
+        "font": {"family": "system-ui, sans-serif", "size": 11},
+    }
+    layout.update(extra)
+    return layout
+
+
+def flow_matrix(run: Run, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """A run's gradient flow: log10 ‖grad‖ per layer (rows, input first) over binned steps (columns).
+
+    Returns:
+        The bins' mean steps and the ``(layers, bins)`` matrix (NaN where a layer was not measured).
+    """
+    keys = [f"grad/norm/{layer}" for layer in run.layers]
+    if not keys:
+        return np.empty(0), np.empty((0, 0))
+    table = np.stack([run.metrics.columns[key] for key in keys])
+    rows = ~np.isnan(table).all(axis=0)
+    steps, table = run.metrics.step[rows], table[:, rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(table)
+    logs[~np.isfinite(logs)] = np.nan
+    if len(steps) <= columns:
+        return steps, logs
+    edges = np.linspace(0, len(steps), columns + 1).astype(int)
+    counts = np.diff(edges)
+    # Mean per bin, ignoring NaN: sums and counts of the finite values with one reduceat each.
+    finite = np.isfinite(logs)
+    sums = np.add.reduceat(np.where(finite, logs, 0.0), edges[:-1], axis=1)
+    seen = np.add.reduceat(finite, edges[:-1], axis=1)
+    with np.errstate(invalid="ignore"):
+        binned = np.where(seen > 0, sums / np.maximum(seen, 1), np.nan)
+    return np.add.reduceat(steps, edges[:-1]) / counts, binned
+
+
+def verdict_spans(run: Run, limit: int = 40) -> dict[str, list[tuple[float, float]]]:
+    """Per verdict, the step ranges over which a run's health named it (counts summed over a GAN's networks)."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for verdict in VERDICT_COLOURS:
+        keys = [key for key in run.metrics.columns if key.split("/")[:2] == ["health", verdict]]
+        if not keys:
+            continue
+        values = np.nansum(np.stack([run.metrics.columns[k] for k in keys]), axis=0)
+        logged = ~np.isnan(np.stack([run.metrics.columns[k] for k in keys])).all(axis=0)
+        steps, on = run.metrics.step[logged], values[logged] > 0
+        found, start = [], None
+        for step, flag in zip(steps, on, strict=True):
+            if flag and start is None:
+                start = step
+            elif not flag and start is not None:
+                found.append((float(start), float(step)))
+                start = None
+        if start is not None:
+            found.append((float(start), float(steps[-1])))
+        if len(found) > limit:  # flickering verdicts: one span from the first onset to the last end
+            found = [(found[0][0], found[-1][1])]
+        if found:
+            spans[verdict] = found
+    return spans
+
+
+def flow_heatmap(run: Run) -> Figure | None:
+    """Layer × step heatmap of log10 ‖grad‖, input layer on top, verdict spans marked above it."""
+    steps, matrix = flow_matrix(run, HEATMAP_COLUMNS)
+    if not len(steps):
+        return None
+    trace = {
+        "type": "heatmap",
+        "x": typed(steps),
+        "y": run.layers,
+        "z": typed(matrix),
+        "colorscale": "Viridis",
+        "colorbar": {"title": {"text": "log10 ‖grad‖", "side": "right"}, "thickness": 12},
+        "hovertemplate": "step %{x:.0f}<br>%{y}<br>log10 ‖grad‖ %{z:.2f}<extra></extra>",
+    }
+    shapes, annotations = [], []
+    for verdict, spans in verdict_spans(run).items():
+        for x0, x1 in spans:
+            shapes.append(_span(x0, x1, VERDICT_COLOURS[verdict]))
+        annotations.append(
+            {
+                "x": spans[0][0],
+                "y": 1.07,
+                "xref": "x",
+                "yref": "paper",
+                "text": verdict,
+                "showarrow": False,
+                "xanchor": "left",
+                "yanchor": "bottom",
+                "font": {"size": 10, "color": VERDICT_COLOURS[verdict]},
+            }
+        )
+    height = max(260, min(900, 40 + 14 * len(run.layers)))
+    layout = _layout(
+        "Gradient flow: log10 ‖grad‖ per layer",
+        height=height,
+        yaxis={
+            "autorange": "reversed",
+            "automargin": True,
+            "tickfont": {"size": 9},
+            "title": {"text": "input ↓ output"},
+        },
+        xaxis={"title": {"text": "step"}},
+        shapes=shapes,
+        annotations=annotations,
+        margin={"l": 60, "r": 20, "t": 56, "b": 40},
+    )
+    return {"data": [trace], "layout": layout}
+
+
+def _span(x0: float, x1: float, colour: str) -> dict[str, Any]:
+    return {
+        "type": "rect",
+        "xref": "x",
+        "yref": "paper",
+        "x0": x0,
+        "x1": max(x1, x0 + 0.5),
+        "y0": 1.01,
+        "y1": 1.06,
+        "fillcolor": colour,
+        "line": {"width": 0},
+        "opacity": 0.85,
+    }
+
+
+def layer_lines(run: Run, prefix: str, title: str, *, log: bool = True, ytitle: str = "") -> Figure | None:
+    """One line per layer of ``<prefix><layer>``, coloured input → output."""
+    layers = [layer for layer in run.layers if f"{prefix}{layer}" in run.metrics.columns] or run.metrics.keys(prefix)
+    traces = []
+    for layer, colour in zip(layers, layer_colours(len(layers)), strict=True):
+        steps, values = run.metrics.series(f"{prefix}{layer}")
+        if not len(values):
+            continue
+        if log:
+            values = np.where(values > 0, values, np.nan)
+        steps, values = thin(steps, values)
+        traces.append(
+            {
+                "type": "scattergl" if len(values) > 1000 else "scatter",
+                "mode": "lines",
+                "name": layer,
+                "x": typed(steps),
+                "y": typed(values),
+                "line": {"width": 1.2, "color": colour},
+                "hovertemplate": f"{layer}<br>step %{{x:.0f}}<br>%{{y:.3g}}<extra></extra>",
+            }
+        )
+    if not traces:
+        return None
+    yaxis: dict[str, Any] = {"title": {"text": ytitle}, "exponentformat": "power"}
+    if log:
+        yaxis["type"] = "log"
+    return {"data": traces, "layout": _layout(title, yaxis=yaxis, xaxis={"title": {"text": "step"}})}
+
+
+def activation_fractions(run: Run) -> Figure | None:
+    """Dead (ReLU family) and saturated (sigmoid / tanh) fractions per layer: solid dead, dotted saturated."""
+    traces = []
+    for prefix, dash in (("act/dead/", "solid"), ("act/saturated/", "dot")):
+        layers = run.metrics.keys(prefix)
+        order = {layer: i for i, layer in enumerate(run.layers)}
+        layers.sort(key=lambda layer: order.get(layer, len(order)))
+        for layer, colour in zip(layers, layer_colours(len(layers)), strict=True):
+            steps, values = thin(*run.metrics.series(prefix + layer))
+            kind = prefix.split("/")[1]
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"{kind} {layer}",
+                    "x": typed(steps),
+                    "y": typed(values),
+                    "line": {"width": 1.2, "color": colour, "dash": dash},
+                    "hovertemplate": f"{kind} {layer}<br>step %{{x:.0f}}<br>%{{y:.1%}}<extra></extra>",
+                }
+            )
+    if not traces:
+        return None
+    layout = _layout(
+        "Activations: dead (solid) and saturated (dotted) fractions",
+        yaxis={"range": [0, 1], "tickformat": ".0%"},
+        xaxis={"title": {"text": "step"}},
+    )
+    return {"data": traces, "layout": layout}
+
+
+def _is_training_key(key: str) -> bool:
+    return key.split("/")[0] not in ("grad", "param", "health", "act")
+
+
+def curves(run: Run, *, losses: bool) -> Figure | None:
+    """The run's own metrics over steps: its losses, or everything else it logged (accuracy, GAN scores...)."""
+    keys = sorted(k for k in run.metrics.columns if _is_training_key(k) and ("loss" in k) == losses)
+    traces = []
+    for key in keys:
+        steps, values = thin(*run.metrics.series(key))
+        if len(values):
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers" if len(values) < 30 else "lines",
+                    "name": key,
+                    "x": typed(steps),
+                    "y": typed(values),
+                    "line": {"width": 1.5},
+                    "marker": {"size": 4},
+                }
+            )
+    if not traces:
+        return None
+    title = "Loss" if losses else "Metrics"
+    return {"data": traces, "layout": _layout(title, xaxis={"title": {"text": "step"}})}
+
+
+def run_figures(run: Run) -> dict[str, Figure]:
+    """Every chart of a run that has something to draw, by name."""
+    figures = {
+        "flow": flow_heatmap(run),
+        "grad-norm": layer_lines(run, "grad/norm/", "Gradient norm per layer", ytitle="‖grad‖"),
+        "update-ratio": layer_lines(
+            run, "grad/update_ratio/", "Update / parameter ratio per layer", ytitle="‖Δw‖ / ‖w‖"
+        ),
+        "activations": activation_fractions(run),
+        "loss": curves(run, losses=True),
+        "metrics": curves(run, losses=False),
+    }
+    return {name: figure for name, figure in figures.items() if figure is not None}
+
+
+def short(name: str) -> str:
+    """A parameter's last dotted part: ``model.depth`` → ``depth``."""
+    return name.rsplit(".", 1)[-1]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parallel_coordinates(sweep: Sweep) -> Figure | None:
+    """Swept parameters → the sweep's metric and the attenuation: one line per run, coloured by attenuation.
+
+    Drawn with lines on axes of their own rather than plotly's ``parcoords``, which needs WebGL and the full
+    plotly.js bundle (see ``assets/README.md``); hovering a line names its run and values.
+    """
+    rows = []
+    for run in sweep.runs:
+        value, attenuation = sweep.value(run), run.health().get("attenuation")
+        if attenuation is not None and (sweep.metric is None or value is not None):
+            rows.append((run, value, attenuation))
+    if len(rows) < 2 or not sweep.parameters:
+        return None
+    columns = [(short(name), [run.params.get(name) for run, _, _ in rows]) for name in sweep.parameters]
+    if sweep.metric is not None:
+        columns.append((sweep.metric, [value for _, value, _ in rows]))
+    columns.append(("attenuation", [attenuation for _, _, attenuation in rows]))
+    scaled, annotations = [], []
+    for x, (_, values) in enumerate(columns):
+        positions, ticks = _axis(values)
+        scaled.append(positions)
+        annotations += [
+            {
+                "x": x,
+                "y": y,
+                "text": text,
+                "xref": "x",
+                "yref": "y",
+                "showarrow": False,
+                "xanchor": "left",
+                "xshift": 4,
+                "font": {"size": 9, "color": "#555"},
+            }
+            for y, text in ticks
+        ]
+    attenuation = np.array([a for _, _, a in rows])
+    low, high = float(attenuation.min()), float(attenuation.max())
+    shades = viridis((attenuation - low) / (high - low) if high > low else np.full(len(rows), 0.5))
+    traces = []
+    for i, ((run, _, _), colour) in enumerate(zip(rows, shades, strict=True)):
+        shown = [f"{label} {_format(values[i])}" for label, values in columns]
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "x": list(range(len(columns))),
+                "y": [positions[i] for positions in scaled],
+                "line": {"color": colour, "width": 1.6},
+                "marker": {"size": 5, "color": colour},
+                "name": run.id,
+                "showlegend": False,
+                "hovertemplate": f"run {run.id}<br>" + "<br>".join(shown) + "<extra></extra>",
+            }
+        )
+    traces.append(  # the colour bar: an invisible point carrying the scale
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "x": [None],
+            "y": [None],
+            "showlegend": False,
+            "hoverinfo": "skip",
+            "marker": {
+                "color": [low],
+                "cmin": low,
+                "cmax": high,
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": "attenuation"}, "thickness": 12},
+            },
+        }
+    )
+    layout = _layout(
+        f"Parameters → {sweep.metric or 'attenuation'}: one line per run, coloured by attenuation "
+        "(decades of gradient lost from the output layer to the input layer)",
+        height=380,
+        xaxis={
+            "tickvals": list(range(len(columns))),
+            "ticktext": [label for label, _ in columns],
+            "side": "top",
+            "showgrid": True,
+            "gridcolor": "#999",
+            "zeroline": False,
+            "range": [-0.2, len(columns) - 0.6],
+        },
+        yaxis={"visible": False, "range": [-0.06, 1.06]},
+        annotations=annotations,
+        margin={"l": 20, "r": 20, "t": 70, "b": 20},
+    )
+    return {"data": traces, "layout": layout}
+
+
+def _axis(values: list[Any]) -> tuple[list[float], list[tuple[float, str]]]:
+    """Positions in [0, 1] for one axis of the parallel coordinates, and its tick labels."""
+    if all(_is_number(v) for v in values):
+        low, high = min(values), max(values)
+        span = high - low
+        positions = [(v - low) / span if span else 0.5 for v in values]
+        ticks = [(0.0, _format(low)), (1.0, _format(high))] if span else [(0.5, _format(low))]
+        return positions, ticks
+    labels = sorted({str(v) for v in values}, key=_natural_value)
+    spread = {label: (i / (len(labels) - 1) if len(labels) > 1 else 0.5) for i, label in enumerate(labels)}
+    return [spread[str(v)] for v in values], [(y, label) for label, y in spread.items()]
+
+
+def _format(value: Any) -> str:
+    return f"{value:.4g}" if _is_number(value) else str(value)
+
+
+def _natural_value(label: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def facets(sweep: Sweep) -> tuple[list[str], list[str]]:
+    """The parameters that lay out the sweep's grid: the first half as rows, the rest as columns.
+
+    Sweep files list the problem before the remedies (depth and activation, then norm and residual), so rows vary
+    the problem and columns the remedy. Parameters with more than :data:`MAX_FACET_VALUES` values (a learning rate
+    drawn at random) lay out nothing.
+    """
+    usable = [
+        name
+        for name in sweep.parameters
+        if 1 < len({str(run.params.get(name)) for run in sweep.runs}) <= MAX_FACET_VALUES
+    ]
+    half = len(usable) // 2
+    return usable[:half], usable[half:]
+
+
+def _facet_label(run: Run, names: Sequence[str]) -> str:
+    return ", ".join(f"{short(n)}={run.params.get(n)}" for n in names)
+
+
+def heatmap_grid(sweep: Sweep) -> Figure | None:
+    """Small multiples of the runs' gradient-flow heatmaps, laid out by the swept parameters.
+
+    Each cell is one run (the best by the metric when several share a cell), layers top to bottom, steps left to
+    right, on one colour scale: cells that fade to dark at the top are networks whose first layers stopped learning.
+    """
+    rows_by, cols_by = facets(sweep)
+    ranked = sweep.ranked()
+    cells: dict[tuple[str, str], Run] = {}
+    for run in ranked:  # best first: the first run to claim a cell keeps it
+        if not run.layers:
+            continue
+        cells.setdefault((_facet_label(run, rows_by), _facet_label(run, cols_by)), run)
+    if not cells:
+        return None
+    if not rows_by and not cols_by:  # nothing to lay out by: rank order, eight to a row
+        cells = {(str(i // 8), str(i % 8)): run for i, run in enumerate(cells.values())}
+    order = {str(i): i for i in range(len(cells))}
+    row_labels = sorted({r for r, _ in cells}, key=lambda s: _label_key(s, order))
+    col_labels = sorted({c for _, c in cells}, key=lambda s: _label_key(s, order))
+    matrices = {key: flow_matrix(run, GRID_COLUMNS) for key, run in cells.items()}
+    finite = np.concatenate([m[np.isfinite(m)] for _, m in matrices.values()] or [np.zeros(1)])
+    low, high = (float(np.percentile(finite, 2)), float(np.percentile(finite, 98))) if finite.size else (0.0, 1.0)
+    traces, layout = (
+        [],
+        _layout(
+            "Gradient flow across the sweep: log10 ‖grad‖, layers top (input) to bottom, steps left to right",
+            height=int(90 + 95 * len(row_labels)),
+            margin={"l": 150, "r": 20, "t": 90, "b": 20},
+            coloraxis={
+                "colorscale": "Viridis",
+                "cmin": low,
+                "cmax": high,
+                "colorbar": {"title": {"text": "log10 ‖grad‖"}, "thickness": 12},
+            },
+            annotations=[],
+        ),
+    )
+    ncols, nrows = len(col_labels), len(row_labels)
+    gap_x, gap_y = 0.012, 0.025
+    for k, ((row, col), run) in enumerate(cells.items(), start=1):
+        steps, matrix = matrices[(row, col)]
+        r, c = row_labels.index(row), col_labels.index(col)
+        axis = "" if k == 1 else str(k)
+        traces.append(
+            {
+                "type": "heatmap",
+                "z": typed(matrix),
+                "x": typed(steps),
+                "coloraxis": "coloraxis",
+                "xaxis": f"x{axis}",
+                "yaxis": f"y{axis}",
+                "name": run.id,
+                "hovertemplate": f"run {run.id}<br>step %{{x:.0f}}<br>layer %{{y}}<br>%{{z:.2f}}<extra></extra>",
+            }
+        )
+        x0, x1 = c / ncols + gap_x, (c + 1) / ncols - gap_x
+        y1, y0 = 1 - r / nrows - gap_y, 1 - (r + 1) / nrows + gap_y
+        bare = {"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False}
+        layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", **bare}
+        layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}", "autorange": "reversed", **bare}
+        verdicts = run.verdicts()
+        if verdicts:
+            layout["annotations"].append(
+                {
+                    "text": "⚠ " + ", ".join(verdicts),
+                    "xref": "paper",
+                    "yref": "paper",
+                    "x": x1,
+                    "y": y1,
+                    "xanchor": "right",
+                    "yanchor": "top",
+                    "showarrow": False,
+                    "font": {"size": 9, "color": "#fff"},
+                    "bgcolor": VERDICT_COLOURS[verdicts[0]],
+                }
+            )
+    for c, label in enumerate(col_labels):
+        layout["annotations"].append(
+            {
+                "text": label.replace(", ", "<br>"),
+                "xref": "paper",
+                "yref": "paper",
+                "x": (c + 0.5) / ncols,
+                "y": 1.0,
+                "xanchor": "center",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 10},
+            }
+        )
+    for r, label in enumerate(row_labels):
+        layout["annotations"].append(
+            {
+                "text": label.replace(", ", "<br>"),
+                "xref": "paper",
+                "yref": "paper",
+                "x": -0.01,
+                "y": 1 - (r + 0.5) / nrows,
+                "xanchor": "right",
+                "yanchor": "middle",
+                "showarrow": False,
+                "font": {"size": 10},
+            }
+        )
+    return {"data": traces, "layout": layout}
+
+
+def _label_key(label: str, order: dict[str, int]) -> list[Any]:
+    """Sort facet labels by their values, numbers as numbers (``depth=4`` before ``depth=16``)."""
+    if label in order:
+        return [order[label]]
+    return [_natural_value(part.split("=", 1)[-1]) for part in label.split(", ")]
+
+
+def sweep_figures(sweep: Sweep) -> dict[str, Figure]:
+    """A sweep's overview charts that have something to draw, by name."""
+    figures = {"parallel": parallel_coordinates(sweep), "grid": heatmap_grid(sweep)}
+    return {name: figure for name, figure in figures.items() if figure is not None}
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value``, or ``None`` when it is missing or not finite (JSON has no NaN)."""
+    return value if value is not None and math.isfinite(value) else None
