@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The quick-start sweep, locally on Optuna (W&B offline): 8 trials, 2 at a time; rerun to resume or reprint.
+# Then its report: one HTML file, opened in any browser with no network.
 demo: setup
 	$(BIN)/gradwatch sweep run sweeps/quickstart.yaml --local --workers 2
+	$(BIN)/gradwatch report runs/sweeps/quickstart
 
 test: setup lint
 	$(BIN)/pytest

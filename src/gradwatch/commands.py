@@ -1,7 +1,8 @@
 """The ``gradwatch`` command: ``fit`` / ``validate`` / ``test`` through LightningCLI, the rest in a light process.
 
-``sweep``, ``report`` and ``dashboard`` never import Lightning: dispatching here lets ``gradwatch sweep`` reject a bad file in a fraction of a
-second, keeps the controller's own start-up short, and lets ``gradwatch report`` run without torch.
+``sweep``, ``report`` and ``dashboard`` never import Lightning: dispatching here lets ``gradwatch sweep`` reject a
+bad file in a fraction of a second, keeps the controller's own start-up short, and lets ``gradwatch report`` run
+without torch.
 """
 
 from __future__ import annotations

@@ -38,4 +38,4 @@ def main(argv: list[str]) -> None:
         print(f"gradwatch report: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     size = written.stat().st_size / 2**20
-    print(f"gradwatch report: {written} ({size:.1f} MB, {time.perf_counter() - start:.1f} s)")
+    print(f"gradwatch report: {written.resolve()} ({size:.1f} MB, {time.perf_counter() - start:.1f} s)")
