@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_trainer
 from lightning.pytorch.loggers import CSVLogger
 from report_data import EXPECTED_SUMMARY, gradwatch, vanishing_sweep
 
+from conftest import make_trainer
 from gradwatch import CNN, ActivationMonitor, DigitsDataModule, GradientMonitor
 from gradwatch.report.runs import find
 
@@ -36,15 +36,18 @@ def test_a_sweep_report_draws_its_overview_then_each_run_when_opened(vanishing_s
     assert "Best val/acc: 0.91" in result.summary
     charts = charts_by_name(result)
     for name in ("sweep-0-parallel", "sweep-0-grid"):
-        assert charts[name].drawn and charts[name].nonblank, charts[name]
+        assert charts[name].drawn, charts[name]
+        assert charts[name].nonblank, charts[name]
     for run in (vanished[0], healthy):
         for name in RUN_CHARTS:
             chart = charts[f"{anchors[run]}-{name}"]
-            assert chart.drawn and chart.nonblank, chart
+            assert chart.drawn, chart
+            assert chart.nonblank, chart
     # The other ten runs wait until they are opened: a 64-run sweep opens in the time of its overview.
     drawn = [chart.name for chart in result.charts if chart.drawn]
     assert len(drawn) == 2 + 2 * len(RUN_CHARTS)
-    assert f"{anchors[vanished[1]]}-flow" in charts and not charts[f"{anchors[vanished[1]]}-flow"].drawn
+    assert f"{anchors[vanished[1]]}-flow" in charts
+    assert not charts[f"{anchors[vanished[1]]}-flow"].drawn
 
 
 def test_the_results_table_sorts_by_a_clicked_column(vanishing_sweep, report_browser, tmp_path):
@@ -79,11 +82,13 @@ def test_a_users_own_trainer_with_the_monitors_gets_every_run_chart(tmp_path, re
 
     result = report_browser.open(out)  # a report of one run opens it
 
-    assert result.console_errors == [] and result.network == []
+    assert result.console_errors == []
+    assert result.network == []
     charts = charts_by_name(result)
     assert set(charts) == {f"run-0-{name}" for name in RUN_CHARTS | {"activations"}}
     for chart in result.charts:
-        assert chart.drawn and chart.nonblank, chart
+        assert chart.drawn, chart
+        assert chart.nonblank, chart
     assert "Run lightning_logs/version_0: gradients healthy at its last measurement." in result.summary
     assert "backbone.stem.conv" in result.text  # the heatmap's layer axis, input first
 
@@ -99,6 +104,8 @@ def test_a_gradwatch_fit_run_reports_its_saved_config(tmp_path):
     (run,) = find(tmp_path / "runs").runs
     html = (tmp_path / "runs" / "report.html").read_text()
     assert f"{tmp_path / 'runs' / 'report.html'}" in done.stdout
-    assert run.config["model.depth"] == 3 and run.config["model"] == "gradwatch.CNN"
+    assert run.config["model.depth"] == 3
+    assert run.config["model"] == "gradwatch.CNN"
     assert "<td>model.depth</td><td>3</td>" in html
-    assert run.layers[0] == "backbone.stem.conv" and run.layers[-1] == "head"
+    assert run.layers[0] == "backbone.stem.conv"
+    assert run.layers[-1] == "head"
