@@ -1,7 +1,7 @@
 """``gradwatch dashboard``: a W&B workspace of gradient health for a project or a sweep, saved to W&B or written out.
 
 Bad input fails with one line before any network. Only saving the workspace, and reading a sweep from W&B
-(``--sweep``), need the service; ``--dry-run`` with ``--sweep-file`` runs offline.
+(``--sweep``), need the service: ``--dry-run`` without ``--sweep`` runs offline.
 """
 
 from __future__ import annotations

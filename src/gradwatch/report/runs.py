@@ -295,7 +295,7 @@ def find(path: str | Path) -> Collection:
         else:
             runs.append(Run(id=_run_name(folder, root), dir=folder))
     found = Collection(root, [s for s in sweeps if s.runs], runs)
-    if not any(run.metrics.columns for run in found.all_runs()):
+    if not any(len(run.metrics.step) for run in found.all_runs()):
         raise ReportError(
             f"{root}: nothing to report: no run folder (a metrics.csv from `gradwatch fit` or a Lightning CSVLogger) "
             "and no sweep folder (from `gradwatch sweep run --local`) with logged metrics under it"
