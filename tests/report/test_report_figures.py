@@ -1,0 +1,144 @@
+"""The report's figures and summary from runs on disk: thinning, binning, layout of the grid, plain language."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from gradwatch.report import figures
+from gradwatch.report.page import PLOTLY_JS
+from gradwatch.report.runs import Run, Sweep, read_metrics_csv
+from gradwatch.report.summary import common_ground, sweep_summary
+
+
+def decode(typed):
+    values = np.frombuffer(base64.b64decode(typed["bdata"]), dtype="<f4")
+    return values.reshape([int(n) for n in typed["shape"].split(",")]) if "shape" in typed else values
+
+
+def write_run(folder, layers, norms, vanishing=0, params=None):
+    """A run folder whose ``norms[i][s]`` is layer i's gradient norm at step s."""
+    folder.mkdir(parents=True)
+    keys = [f"grad/norm/{layer}" for layer in layers]
+    lines = ["step," + ",".join(keys) + ",health/vanishing,health/attenuation"]
+    for step in range(len(norms[0])):
+        cells = [f"{norms[i][step]}" for i in range(len(layers))]
+        attenuation = np.log10(norms[0][step] / norms[-1][step])
+        lines.append(f"{step}," + ",".join(cells) + f",{vanishing},{attenuation}")
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (folder / "hparams.yaml").write_text("gradwatch/layers: [" + ", ".join(layers) + "]\n")
+    return Run(folder.name, folder, params or {})
+
+
+def test_thinning_keeps_the_spike_and_the_order():
+    steps = np.arange(10_000, dtype=float)
+    values = np.ones(10_000)
+    values[7_777] = 1e6
+    kept_steps, kept = figures.thin(steps, values, points=100)
+    assert len(kept) <= 100
+    assert 1e6 in kept
+    assert np.all(np.diff(kept_steps) > 0)
+
+
+def test_the_flow_matrix_averages_log_norms_per_bin_input_layer_first(tmp_path):
+    run = write_run(tmp_path / "r", ["b", "a"], [[1e-3] * 4 + [1e-5] * 4, [1.0] * 8])  # recorded order: b, a
+    steps, matrix = figures.flow_matrix(run, columns=2)
+    assert run.layers == ["b", "a"]
+    assert steps.tolist() == [1.5, 5.5]
+    np.testing.assert_allclose(matrix, [[-3, -5], [0, 0]])
+
+
+def test_a_run_heatmap_marks_the_steps_a_verdict_stood(tmp_path):
+    folder = tmp_path / "r"
+    run = write_run(folder, ["a", "b"], [[1.0] * 6, [1.0] * 6])
+    text = (folder / "metrics.csv").read_text().splitlines()
+    flagged = [line.replace(",0,", ",2,", 1) if i in (3, 4) else line for i, line in enumerate(text)]
+    (folder / "metrics.csv").write_text("\n".join(flagged) + "\n")
+    run = Run("r", folder)
+    assert figures.verdict_spans(run) == {"vanishing": [(2.0, 4.0)]}
+    figure = figures.flow_heatmap(run)
+    assert [shape["x0"] for shape in figure["layout"]["shapes"]] == [2.0]
+    assert decode(figure["data"][0]["z"]).shape == (2, 6)
+
+
+def test_the_grid_lays_out_problems_in_rows_and_remedies_in_columns(tmp_path):
+    runs = []
+    for depth in (4, 16):
+        for residual in (False, True):
+            for activation in ("relu", "tanh"):
+                name = f"{depth}-{residual}-{activation}"
+                params = {"depth": depth, "activation": activation, "residual": residual}
+                runs.append(write_run(tmp_path / name, ["a", "b"], [[0.1] * 3, [1.0] * 3], params=params))
+    sweep = Sweep("s", tmp_path, ["depth", "activation", "residual"], None, "minimize", runs)
+    assert figures.facets(sweep) == (["depth"], ["activation", "residual"])
+    grid = figures.heatmap_grid(sweep)
+    assert len(grid["data"]) == 8
+    labels = [a["text"] for a in grid["layout"]["annotations"]]
+    assert labels == [
+        "activation=relu<br>residual=False", "activation=relu<br>residual=True",
+        "activation=tanh<br>residual=False", "activation=tanh<br>residual=True", "depth=4", "depth=16",
+    ]  # fmt: skip
+
+
+def test_parallel_coordinates_span_each_parameter_then_metric_and_attenuation(tmp_path):
+    runs = [
+        write_run(tmp_path / "a", ["x", "y"], [[1e-8] * 2, [1.0] * 2], 1, {"depth": 16, "activation": "tanh"}),
+        write_run(tmp_path / "b", ["x", "y"], [[0.5] * 2, [1.0] * 2], 0, {"depth": 4, "activation": "relu"}),
+    ]
+    sweep = Sweep("s", tmp_path, ["depth", "activation"], None, "minimize", runs)
+    figure = figures.parallel_coordinates(sweep)
+    assert figure["layout"]["xaxis"]["ticktext"] == ["depth", "activation", "attenuation"]
+    lines = [trace for trace in figure["data"] if trace.get("name") in ("a", "b")]
+    assert [trace["y"] for trace in lines] == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    ("vanished", "expected", "exact"),
+    [
+        ({(16, "tanh", False), (16, "sigmoid", False)}, "depth >= 16, sigmoid or tanh, without residual", True),
+        ({(4, "tanh", False)}, "depth <= 4, tanh, without residual", True),
+        ({(16, "tanh", False), (16, "tanh", True)}, "depth >= 16, tanh", True),
+        ({(16, "tanh", False), (4, "relu", True)}, "relu or tanh", False),
+        ({(16, "tanh", False), (4, "relu", True), (4, "sigmoid", False)}, "", False),
+    ],
+)
+def test_common_ground_names_what_the_group_shares_and_whether_it_is_exact(tmp_path, vanished, expected, exact):
+    runs = []
+    for depth in (4, 16):
+        for activation in ("relu", "sigmoid", "tanh"):
+            for residual in (True, False):
+                name = f"{depth}-{activation}-{residual}"
+                params = {"depth": depth, "activation": activation, "residual": residual}
+                runs.append(write_run(tmp_path / name, ["a"], [[1.0]], params=params))
+    group = [run for run in runs if tuple(run.params.values()) in vanished]
+    found = common_ground(group, runs, ["depth", "activation", "residual"])
+    assert found == (expected, exact)
+
+
+def test_a_healthy_sweep_says_so(tmp_path):
+    run = write_run(tmp_path / "a", ["x"], [[1.0]], 0, {"depth": 4})
+    summary = sweep_summary(Sweep("s", tmp_path, ["depth"], None, "minimize", [run]))
+    assert summary == ["No run vanished, exploded or went non-finite: 1 of 1 healthy at their last measurement."]
+
+
+def test_metrics_csv_cells_left_empty_read_as_not_logged(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/acc\n0,0,2.0,\n0,0,,0.5\n,1,1.5,\n")
+    metrics = read_metrics_csv(path)
+    assert metrics.series("train/loss")[1].tolist() == [2.0, 1.5]
+    assert metrics.series("val/acc")[0].tolist() == [0]
+    assert metrics.last("missing") is None
+
+
+def test_the_vendored_plotly_is_the_version_its_readme_names():
+    assets = resources.files("gradwatch.report") / "assets"
+    digest = hashlib.sha256((assets / PLOTLY_JS).read_bytes()).hexdigest()
+    readme = (assets / "README.md").read_text()
+    assert digest in readme
+    version = re.search(r"plotly\.js \*\*([\d.]+)\*\*", readme).group(1)
+    assert f"v{version}" in (assets / PLOTLY_JS).read_text()[:200]
