@@ -1,7 +1,9 @@
 import csv
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -11,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch.errors import ConfigError
 from gradwatch.layers import ACTIVATIONS, INITS, NORMS
-from gradwatch.models.gan import GAN, LOSSES, resolution_plan
+from gradwatch.models.gan import GAN, LOSSES, SAMPLES, resolution_plan
 
 # Wide enough at the lowest resolution (16) that the first resampling block halves the channels (to 8), so
 # residual runs exercise the projection shortcut as well as the identity one.
@@ -242,6 +244,19 @@ def test_fit(loss: str, tmp_path) -> None:
         assert all(math.isfinite(value) for value in metrics[key]), key
     if loss == "nonsaturating":
         assert all(0.0 <= p <= 1.0 for p in metrics["train/d_real"] + metrics["val/d_fake"])
+
+
+def test_each_validation_logs_a_grid_of_samples_from_the_same_latents(tmp_path) -> None:
+    from PIL import Image
+
+    model = GAN(**TINY)
+    trainer = fit(model, tmp_path, max_epochs=2, limit_train_batches=1)
+    pngs = sorted((Path(trainer.log_dir) / "samples").glob("val-samples-*.png"))
+    assert len(pngs) == 2  # one per validation, named after Lightning's logging step
+    grid = np.asarray(Image.open(pngs[-1]))
+    assert grid.shape == (8 * 8 + 9, 8 * 8 + 9, 3)  # 8 × 8 images of 8 px, 1 px apart, grey as RGB
+    expected = model.sample(SAMPLES, seed=0)[0, 0].add(1).div(2).mul(255).round()
+    np.testing.assert_allclose(grid[1:9, 1:9, 0], expected.numpy(), atol=1)
 
 
 def test_n_critic(tmp_path) -> None:

@@ -100,3 +100,18 @@ def test_the_report_command_imports_no_torch_lightning_or_wandb():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_gan_run_shows_its_latest_samples_grid(tmp_path):
+    from PIL import Image
+
+    run = write_run(tmp_path / "gan", ["0,1.0,0.1,0,0,2.3"])
+    (run / "samples").mkdir()
+    for step, shade in ((9, 0), (10, 255)):  # numeric order: step 10 is the latest, though "10" < "9" as text
+        Image.new("RGB", (73, 73), (shade, shade, shade)).save(run / "samples" / f"val-samples-{step}.png")
+
+    gradwatch("report", "gan", cwd=tmp_path, check=True)
+
+    html = (run / "report.html").read_text()
+    assert html.count('<figure class="gw-samples">') == 1
+    assert "val/samples at step 10" in html

@@ -167,6 +167,7 @@ def test_the_gan_section_comes_with_a_gan_only():
     assert y_keys(plot(gan, "GAN", "discriminator scores")) == ["val/d_real", "val/d_fake"]
     totals = plot(gan, "GAN", "total gradient norm per network")
     assert y_keys(totals) == ["grad/norm_total/generator", "grad/norm_total/discriminator"]
+    assert plot(gan, "GAN", "samples").media_keys == ["val/samples"]  # logged by GAN after each validation
     assert totals.log_y is True
     # Each network is measured apart: its attenuation and flow images carry its name, and there is no plain total.
     assert y_keys(plot(gan, "Health", "attenuation")) == [

@@ -29,6 +29,9 @@ from gradwatch.models.base import GradwatchModule, check_positive
 GANLoss = Literal["nonsaturating", "hinge", "wgan-gp"]
 LOSSES: tuple[str, ...] = get_args(GANLoss)
 
+#: Generated images in the grid logged after each validation (``val/samples``).
+SAMPLES = 64
+
 #: Most resamplings either network makes: beyond 4, extra depth goes into the blocks at the lowest resolution.
 MAX_RESAMPLINGS = 4
 
@@ -394,6 +397,23 @@ class GAN(GradwatchModule):
         self.log("val/d_loss", self.discriminator_loss(real_scores, fake_scores), prog_bar=True)
         self.log("val/g_loss", self.generator_loss(fake_scores))
         self._log_scores("val", real_scores, fake_scores)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        """Log a grid of :data:`SAMPLES` generated images as ``val/samples``, from the same latents every epoch.
+
+        It goes to W&B and TensorBoard as an image and into ``<log dir>/samples/`` as a PNG, so a CSV-only run keeps
+        it too; one host copy per validation.
+        """
+        if self.trainer.sanity_checking:
+            return
+        from torchvision.utils import make_grid
+
+        from gradwatch.callbacks.publish import log_images
+
+        grid = make_grid(self.sample(SAMPLES, seed=0).add(1).div(2).clamp(0, 1), nrow=8, padding=1, pad_value=1.0)
+        image = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # make_grid gives 3 channels
+        log_images(self.trainer, {"val/samples": image}, folder="samples")
 
     def _log_scores(self, stage: str, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> None:
         # Under the nonsaturating loss scores are logits, and D's probabilities read more plainly than logits.

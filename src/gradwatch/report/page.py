@@ -7,6 +7,7 @@ its first charts are drawn (and on a run's ``<details>`` when that run's are), a
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from datetime import datetime
@@ -20,6 +21,8 @@ from gradwatch.report.runs import Collection, Run, Sweep
 from gradwatch.report.summary import runs_summary, sweep_summary
 from gradwatch.sweep.metrics import describe_health
 
+#: Largest GAN sample grid inlined into a run's section (a 64-run sweep of large grids would outgrow the page).
+MAX_SAMPLES_BYTES = 256 * 1024
 #: The vendored plotly.js file.
 PLOTLY_JS = "plotly-cartesian.min.js"
 
@@ -38,6 +41,8 @@ table.gw-sortable th[data-dir="desc"]::after { content: " ▼"; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .bad { color: #b03030; font-weight: 600; } .swept { background: #fff6d5; }
 .gw-chart { min-height: 120px; margin: 8px 0; }
+.gw-samples img { image-rendering: pixelated; width: 292px; border: 1px solid #ddd; }
+.gw-samples figcaption { color: #666; font-size: 12px; }
 details.gw-run { border: 1px solid #ddd; border-radius: 6px; margin: 6px 0; padding: 0 12px; }
 details.gw-run > summary { cursor: pointer; padding: 8px 0; }
 details.gw-config > summary { cursor: pointer; color: #555; }
@@ -177,6 +182,19 @@ def _config_table(run: Run) -> str:
     )
 
 
+def _samples(run: Run) -> str:
+    """The GAN's latest ``val/samples`` grid (``samples/val-samples-<step>.png``), inlined; nothing for other runs."""
+    pngs = sorted(run.dir.glob("samples/val-samples-*.png"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]))
+    if not pngs or pngs[-1].stat().st_size > MAX_SAMPLES_BYTES:
+        return ""
+    step = pngs[-1].stem.rsplit("-", 1)[-1]
+    data = base64.b64encode(pngs[-1].read_bytes()).decode("ascii")
+    return (
+        f'<figure class="gw-samples"><img alt="generated samples" src="data:image/png;base64,{data}">'
+        f"<figcaption>val/samples at step {escape(step)}: the same latents every validation</figcaption></figure>"
+    )
+
+
 def _run_section(page: _Page, run: Run, anchor: str, *, sweep: Sweep | None, open_: bool) -> str:
     facts = [f"<b>{escape(run.id)}</b>"]
     facts += [f"{escape(fig.short(n))}={escape(str(v))}" for n, v in run.params.items()]
@@ -191,6 +209,7 @@ def _run_section(page: _Page, run: Run, anchor: str, *, sweep: Sweep | None, ope
     if not charts:
         body = '<p class="meta">Nothing logged yet.</p>'
     where = f'<p class="meta">{escape(str(run.dir))}</p>'
+    body += _samples(run)
     return (
         f'<details class="gw-run" id="{anchor}" data-run="{escape(run.id)}"{" open" if open_ else ""}>'
         f"<summary>{' · '.join(facts)}</summary>{where}{body}{_config_table(run)}</details>"

@@ -186,6 +186,7 @@ def _gan() -> ws.Section:
             _line("losses", ["train/d_loss", "train/g_loss"]),
             _line("discriminator scores on held-out real and fixed-seed fake images", ["val/d_real", "val/d_fake"]),
             _line("total gradient norm per network", [f"grad/norm_total/{n}" for n in GAN_NETWORKS], log_y=True),
+            wr.MediaBrowser(title="samples from fixed latents, per validation", media_keys=["val/samples"]),
         ],
     )
 
