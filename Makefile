@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python bench/augment_throughput.py
 	$(BIN)/python bench/gradient_overhead.py
 	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/report_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

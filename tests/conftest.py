@@ -68,3 +68,25 @@ def trainer_factory(tmp_path: Path):
         return make_trainer(tmp_path, **overrides)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def report_browser():
+    """A headless Chromium for the HTML report tests (``tests/report/browser.py``), one per xdist worker.
+
+    Without Chromium the tests skip locally, and fail under CI (``$CI`` set): CI must run them.
+    """
+    import sys
+
+    helpers = str(Path(__file__).with_name("report"))
+    if helpers not in sys.path:  # pytest put it there if it collected a test module in tests/report/
+        sys.path.insert(0, helpers)
+    from browser import ReportBrowser, find_chromium
+
+    if find_chromium() is None:
+        reason = "chromium not found: apt-get install chromium (CI installs it)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{reason}; $CI is set, so the browser tests may not be skipped")
+        pytest.skip(reason)
+    with ReportBrowser() as browser:
+        yield browser

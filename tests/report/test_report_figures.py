@@ -17,7 +17,7 @@ from gradwatch.report.summary import common_ground, sweep_summary
 
 
 def decode(typed):
-    values = np.frombuffer(base64.b64decode(typed["bdata"]), dtype="<f4")
+    values = np.frombuffer(base64.b64decode(typed["bdata"]), dtype="<" + typed["dtype"])
     return values.reshape([int(n) for n in typed["shape"].split(",")]) if "shape" in typed else values
 
 
@@ -33,6 +33,13 @@ def write_run(folder, layers, norms, vanishing=0, params=None):
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
     (folder / "hparams.yaml").write_text("gradwatch/layers: [" + ", ".join(layers) + "]\n")
     return Run(folder.name, folder, params or {})
+
+
+def test_steps_travel_as_integers_and_values_as_float32():
+    assert figures.typed(np.array([0.0, 10.0, 60_000.0]))["dtype"] == "u2"
+    assert figures.typed(np.array([0.0, 100_000.0]))["dtype"] == "i4"
+    assert figures.typed(np.array([0.5, np.nan]))["dtype"] == "f4"
+    np.testing.assert_array_equal(decode(figures.typed(np.array([3.0, 7.0]))), [3, 7])
 
 
 def test_thinning_keeps_the_spike_and_the_order():

@@ -8,7 +8,6 @@ long series are thinned to what a chart a few hundred pixels wide can show.
 from __future__ import annotations
 
 import base64
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 from gradwatch.report.runs import Run, Sweep
 
 #: Most points a line keeps (min and max of each bin, so spikes survive thinning).
-LINE_POINTS = 400
+LINE_POINTS = 300
 #: Most step columns of a run's gradient-flow heatmap, and of each small multiple in a sweep's grid.
 HEATMAP_COLUMNS = 200
 GRID_COLUMNS = 60
@@ -31,31 +30,40 @@ Figure = dict[str, Any]
 
 
 def typed(values: np.ndarray) -> dict[str, Any]:
-    """A plotly.js typed array: float32, base64, with its shape when it has two dimensions."""
-    array = np.ascontiguousarray(values, dtype="<f4")
-    encoded: dict[str, Any] = {"dtype": "f4", "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+    """A plotly.js typed array, base64, with its shape when it has two dimensions.
+
+    Whole numbers (steps) go as 16- or 32-bit integers, everything else as float32: steps are half of a chart's
+    data, and this keeps a 64-run report under 15 MB.
+    """
+    values = np.asarray(values)
+    dtype = "<f4"
+    if values.size and np.isfinite(values).all() and np.array_equal(values, np.round(values)):
+        if values.min() >= 0 and values.max() < 2**16:
+            dtype = "<u2"
+        elif abs(values).max() < 2**31:
+            dtype = "<i4"
+    array = np.ascontiguousarray(values, dtype=dtype)
+    encoded: dict[str, Any] = {"dtype": dtype[1:], "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
     if array.ndim == 2:
         encoded["shape"] = f"{array.shape[0]},{array.shape[1]}"
     return encoded
 
 
 def thin(steps: np.ndarray, values: np.ndarray, points: int = LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``points`` points of a series: each bin's lowest and highest value, in step order."""
+    """At most ``points`` points of a series: each bin's lowest and highest value, in step order, so spikes survive."""
     n = len(values)
     if n <= points:
         return steps, values
     bins = points // 2
-    edges = np.linspace(0, n, bins + 1).astype(int)
-    keep = []
-    for lo, hi in itertools.pairwise(edges):
-        chunk = values[lo:hi]
-        if not len(chunk):
-            continue
-        pair = (
-            sorted({lo + int(np.nanargmin(chunk)), lo + int(np.nanargmax(chunk))}) if np.isfinite(chunk).any() else [lo]
-        )
-        keep.extend(pair)
-    index = np.asarray(keep)
+    size = -(-n // bins)
+    padded = np.full(bins * size, np.nan)
+    padded[:n] = values
+    chunks = padded.reshape(bins, size)
+    offsets = np.arange(bins) * size
+    low = offsets + np.argmin(np.where(np.isnan(chunks), np.inf, chunks), axis=1)
+    high = offsets + np.argmax(np.where(np.isnan(chunks), -np.inf, chunks), axis=1)
+    index = np.unique(np.concatenate([low, high]))  # sorted; a bin whose low is its high gives one point
+    index = index[index < n]
     return steps[index], values[index]
 
 

@@ -53,7 +53,12 @@ _SCRIPT = """
 (function () {
   "use strict";
   var root = document.documentElement;
-  var figures = JSON.parse(document.getElementById("gw-figures").textContent);
+  var parsed = {};
+  function figure(div) {
+    var source = div.dataset.source;
+    if (!parsed[source]) parsed[source] = JSON.parse(document.getElementById(source).textContent);
+    return parsed[source][div.dataset.chart];
+  }
   var options = {displaylogo: false, responsive: true};
   function fail(error) {
     root.dataset.error = String((error && error.message) || error);
@@ -65,8 +70,8 @@ _SCRIPT = """
     });
     return Promise.all(divs.map(function (div) {
       div.dataset.drawn = "true";
-      var figure = figures[div.dataset.chart];
-      return Plotly.newPlot(div, figure.data, figure.layout, options);
+      var drawing = figure(div);
+      return Plotly.newPlot(div, drawing.data, drawing.layout, options);
     }));
   }
   document.querySelectorAll("details.gw-run").forEach(function (run) {
@@ -110,14 +115,29 @@ _SCRIPT = """
 
 
 class _Page:
-    """Collects the figures of the page as its HTML is written, each under a unique chart name."""
+    """Collects the page's figures as its HTML is written, in groups: a sweep's overview, and each run.
+
+    The page parses a group only when it draws it, so a 64-run sweep opens without reading 64 runs' data.
+    """
 
     def __init__(self) -> None:
-        self.figures: dict[str, fig.Figure] = {}
+        self.groups: dict[str, dict[str, fig.Figure]] = {}
 
-    def chart(self, name: str, figure: fig.Figure) -> str:
-        self.figures[name] = figure
-        return f'<div class="gw-chart" data-chart="{escape(name)}"></div>'
+    def chart(self, group: str, name: str, figure: fig.Figure) -> str:
+        self.groups.setdefault(group, {})[name] = figure
+        return f'<div class="gw-chart" data-source="gw-data-{escape(group)}" data-chart="{escape(name)}"></div>'
+
+    def data(self) -> str:
+        """One JSON script element per group."""
+        return "".join(
+            f'<script type="application/json" id="gw-data-{escape(group)}">{_json(figures)}</script>'
+            for group, figures in self.groups.items()
+        )
+
+
+def _json(value: object) -> str:
+    # "</" would end the script element early; JSON allows "\/" in its place.
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
 
 
 def _number(value: float | None, fmt: str = "{:.4g}") -> str:
@@ -205,7 +225,7 @@ def _run_section(page: _Page, run: Run, anchor: str, *, sweep: Sweep | None, ope
     if run.state:
         facts.append(escape(run.state))
     charts = fig.run_figures(run)
-    body = "".join(page.chart(f"{anchor}-{name}", figure) for name, figure in charts.items())
+    body = "".join(page.chart(anchor, f"{anchor}-{name}", figure) for name, figure in charts.items())
     if not charts:
         body = '<p class="meta">Nothing logged yet.</p>'
     where = f'<p class="meta">{escape(str(run.dir))}</p>'
@@ -225,7 +245,7 @@ def _sweep_section(page: _Page, sweep: Sweep, index: int, anchors: dict[int, str
         _results_table(sweep, anchors),
     ]
     for name, figure in fig.sweep_figures(sweep).items():
-        parts.append(page.chart(f"sweep-{index}-{name}", figure))
+        parts.append(page.chart(f"sweep-{index}", f"sweep-{index}-{name}", figure))
     parts.append("<h3>Runs, best first</h3>")
     parts += [_run_section(page, run, anchors[id(run)], sweep=sweep, open_=False) for run in sweep.ranked()]
     parts.append("</section>")
@@ -256,8 +276,6 @@ def render(found: Collection, plotly_js: str) -> str:
         sections += [_run_section(page, run, anchors[id(run)], sweep=None, open_=single) for run in found.runs]
         sections.append("</section>")
     count = len(found.all_runs())
-    # "</" would end the script element early; JSON allows "\/" in its place.
-    data = json.dumps(page.figures, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     title = f"gradwatch report: {found.path.resolve().name}"
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
@@ -267,7 +285,7 @@ def render(found: Collection, plotly_js: str) -> str:
         f"{datetime.now().astimezone():%Y-%m-%d %H:%M %Z}</p>"
         f'<section id="summary"><ul>{"".join(summary)}</ul></section>'
         f"{''.join(sections)}"
-        f'<script type="application/json" id="gw-figures">{data}</script>'
+        f"{page.data()}"
         f"<script>{plotly_js}</script><script>{_SCRIPT}</script></body></html>"
     )
 
