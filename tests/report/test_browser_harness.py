@@ -18,9 +18,9 @@ HEATMAP = """Plotly.newPlot(document.querySelector('[data-chart="flow"]'),
 
 @pytest.fixture(scope="module")
 def plotly_js() -> str:
-    import plotly.offline
+    from gradwatch.report.page import plotly_js
 
-    return plotly.offline.get_plotlyjs()
+    return plotly_js()  # the bundle reports inline
 
 
 def page(tmp_path: Path, body: str, script: str = READY, *, plotly: str = "", name: str = "page.html") -> Path:
