@@ -9,7 +9,6 @@ controller has stopped, ``results.json``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gradwatch.errors import ConfigError
-from gradwatch.sweep.metrics import VERDICTS
+from gradwatch.sweep.metrics import VERDICTS, health_summary
 
 #: The hyperparameter where ``GradientMonitor`` records the layers in input → output order.
 LAYERS_KEY = "gradwatch/layers"
@@ -227,19 +226,10 @@ class Run:
 
     def health(self) -> dict[str, float]:
         """The last gradient-health readings: layers per verdict (summed over a GAN's networks) and attenuation."""
-        readings: dict[str, float] = {}
-        for key in self.metrics.columns:
-            if not key.startswith("health/"):
-                continue
-            value = self.metrics.last(key)
-            name = key.split("/")[1]
-            if value is None:
-                continue
-            if name in VERDICTS:
-                readings[name] = readings.get(name, 0.0) + value
-            elif name == "attenuation" and math.isfinite(value):
-                readings[name] = max(readings.get(name, -math.inf), value)
-        return readings
+        logged = {
+            key: self.metrics.series(key)[1].tolist() for key in self.metrics.columns if key.startswith("health/")
+        }
+        return health_summary(logged)
 
     def verdicts(self) -> list[str]:
         """The verdicts standing at the run's last measurement (``["vanishing"]``), empty when healthy."""
