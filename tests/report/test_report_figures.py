@@ -149,3 +149,16 @@ def test_the_vendored_plotly_is_the_version_its_readme_names():
     assert digest in readme
     version = re.search(r"plotly\.js \*\*([\d.]+)\*\*", readme).group(1)
     assert f"v{version}" in (assets / PLOTLY_JS).read_text()[:200]
+
+
+def test_activations_take_the_place_of_their_block_input_first(tmp_path):
+    folder = tmp_path / "r"
+    layers = ["stem.conv", *(f"blocks.{i}.conv" for i in range(11)), "head"]
+    write_run(folder, layers, [[1.0]] * len(layers))
+    acts = ["blocks.10.act", "blocks.2.act", "stem.act"]  # as the CSV header sorts them
+    header = ["step", *(f"grad/norm/{layer}" for layer in layers), *(f"act/dead/{a}" for a in acts)]
+    grads = ["0", *(["1.0"] * len(layers)), "", "", ""]
+    dead = ["0", *([""] * len(layers)), "0.1", "0.2", "0.3"]  # the ActivationMonitor's row, as Lightning writes it
+    (folder / "metrics.csv").write_text("\n".join(",".join(row) for row in (header, grads, dead)) + "\n")
+    figure = figures.activation_fractions(Run("r", folder))
+    assert [trace["name"] for trace in figure["data"]] == ["dead stem.act", "dead blocks.2.act", "dead blocks.10.act"]

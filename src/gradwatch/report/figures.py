@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.report.runs import Run, Sweep
+from gradwatch.report.runs import Run, Sweep, natural_key
 
 #: Most points a line keeps (min and max of each bin, so spikes survive thinning).
 LINE_POINTS = 300
@@ -250,9 +250,7 @@ def activation_fractions(run: Run) -> Figure | None:
     """Dead (ReLU family) and saturated (sigmoid / tanh) fractions per layer: solid dead, dotted saturated."""
     traces = []
     for prefix, dash in (("act/dead/", "solid"), ("act/saturated/", "dot")):
-        layers = run.metrics.keys(prefix)
-        order = {layer: i for i, layer in enumerate(run.layers)}
-        layers.sort(key=lambda layer: order.get(layer, len(order)))
+        layers = sorted(run.metrics.keys(prefix), key=lambda name: _depth_of(name, run.layers))
         for layer, colour in zip(layers, layer_colours(len(layers)), strict=True):
             steps, values = thin(*run.metrics.series(prefix + layer))
             kind = prefix.split("/")[1]
@@ -275,6 +273,19 @@ def activation_fractions(run: Run) -> Figure | None:
         xaxis={"title": {"text": "step"}},
     )
     return {"data": traces, "layout": layout}
+
+
+def _depth_of(module: str, layers: Sequence[str]) -> tuple[int, list[Any]]:
+    """Where ``module`` (an activation such as ``blocks.3.act``) sits among the measured ``layers``, input first.
+
+    Activations own no parameters, so they are not measured layers: each takes the place of the first layer in
+    its parent block (``blocks.3.conv``); ties and strangers fall back to natural order.
+    """
+    parent = module.rsplit(".", 1)[0]
+    place = next(
+        (i for i, layer in enumerate(layers) if layer == parent or layer.startswith(parent + ".")), len(layers)
+    )
+    return place, natural_key(module)
 
 
 def _is_training_key(key: str) -> bool:

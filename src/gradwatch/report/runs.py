@@ -149,11 +149,14 @@ def read_layers(run_dir: str | Path) -> list[str]:
     return natural_sorted(key[len("grad/norm/") :] for key in header if key.startswith("grad/norm/"))
 
 
+def natural_key(name: str) -> list[tuple[int, int, str]]:
+    """A sort key comparing the numbers in ``name`` as numbers (``blocks.2`` before ``blocks.10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def natural_sorted(names: Any) -> list[str]:
-    """``names`` sorted with their numbers compared as numbers (``blocks.2`` before ``blocks.10``)."""
-    return sorted(
-        names, key=lambda name: [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
-    )
+    """``names`` in :func:`natural_key` order."""
+    return sorted(names, key=natural_key)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
