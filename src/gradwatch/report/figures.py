@@ -101,6 +101,8 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
 def flow_matrix(run: Run, columns: int) -> tuple[np.ndarray, np.ndarray]:
     """A run's gradient flow: log10 ‖grad‖ per layer (rows, input first) over binned steps (columns).
 
+    Rows logged at the same step are one column: a GAN's networks are measured by two optimizers, in two rows.
+
     Returns:
         The bins' mean steps and the ``(layers, bins)`` matrix (NaN where a layer was not measured).
     """
@@ -109,21 +111,25 @@ def flow_matrix(run: Run, columns: int) -> tuple[np.ndarray, np.ndarray]:
         return np.empty(0), np.empty((0, 0))
     table = np.stack([run.metrics.columns[key] for key in keys])
     rows = ~np.isnan(table).all(axis=0)
-    steps, table = run.metrics.step[rows], table[:, rows]
     with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log10(table)
+        logs = np.log10(table[:, rows])
     logs[~np.isfinite(logs)] = np.nan
+    steps, column = np.unique(run.metrics.step[rows], return_inverse=True)
+    logs = _mean_by(logs, column, len(steps))
     if len(steps) <= columns:
         return steps, logs
-    edges = np.linspace(0, len(steps), columns + 1).astype(int)
-    counts = np.diff(edges)
-    # Mean per bin, ignoring NaN: sums and counts of the finite values with one reduceat each.
-    finite = np.isfinite(logs)
-    sums = np.add.reduceat(np.where(finite, logs, 0.0), edges[:-1], axis=1)
-    seen = np.add.reduceat(finite, edges[:-1], axis=1)
-    with np.errstate(invalid="ignore"):
-        binned = np.where(seen > 0, sums / np.maximum(seen, 1), np.nan)
-    return np.add.reduceat(steps, edges[:-1]) / counts, binned
+    bins = np.minimum(np.arange(len(steps)) * columns // len(steps), columns - 1)
+    return np.bincount(bins, weights=steps) / np.bincount(bins), _mean_by(logs, bins, columns)
+
+
+def _mean_by(matrix: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+    """Mean of ``matrix``'s columns in each ``group`` (column ``j`` belongs to ``group[j]``), NaN ignored."""
+    finite = np.isfinite(matrix)
+    values = np.where(finite, matrix, 0.0)
+    sums = np.stack([np.bincount(group, weights=row, minlength=groups) for row in values])
+    seen = np.stack([np.bincount(group, weights=row, minlength=groups) for row in finite.astype(float)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(seen > 0, sums / seen, np.nan)
 
 
 def verdict_spans(run: Run, limit: int = 40) -> dict[str, list[tuple[float, float]]]:
