@@ -162,3 +162,15 @@ def test_activations_take_the_place_of_their_block_input_first(tmp_path):
     (folder / "metrics.csv").write_text("\n".join(",".join(row) for row in (header, grads, dead)) + "\n")
     figure = figures.activation_fractions(Run("r", folder))
     assert [trace["name"] for trace in figure["data"]] == ["dead stem.act", "dead blocks.2.act", "dead blocks.10.act"]
+
+
+def test_a_gans_two_optimizers_rows_at_one_step_are_one_column(tmp_path):
+    folder = tmp_path / "gan"
+    folder.mkdir()
+    rows = ["step,grad/norm/discriminator.head,grad/norm/generator.stem"]
+    rows += [f"{step},,0.1" + f"\n{step},10.0," for step in range(3)]  # G's row, then D's, at each step
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (folder / "hparams.yaml").write_text("gradwatch/layers: [generator.stem, discriminator.head]\n")
+    steps, matrix = figures.flow_matrix(Run("gan", folder), columns=200)
+    assert steps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(matrix, [[-1, -1, -1], [1, 1, 1]])
