@@ -342,7 +342,8 @@ def short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """Whether a parameter's value is a number (an axis with a scale), not a name or a flag."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -440,7 +441,7 @@ def parallel_coordinates(sweep: Sweep) -> Figure | None:
 
 def _axis(values: list[Any]) -> tuple[list[float], list[tuple[float, str]]]:
     """Positions in [0, 1] for one axis of the parallel coordinates, and its tick labels."""
-    if all(_is_number(v) for v in values):
+    if all(is_number(v) for v in values):
         low, high = min(values), max(values)
         span = high - low
         positions = [(v - low) / span if span else 0.5 for v in values]
@@ -452,7 +453,7 @@ def _axis(values: list[Any]) -> tuple[list[float], list[tuple[float, str]]]:
 
 
 def _format(value: Any) -> str:
-    return f"{value:.4g}" if _is_number(value) else str(value)
+    return f"{value:.4g}" if is_number(value) else str(value)
 
 
 def _natural_value(label: str) -> tuple[int, float, str]:

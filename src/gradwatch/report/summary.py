@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gradwatch.report.figures import short
+from gradwatch.report.figures import is_number, short
 from gradwatch.report.runs import Run, Sweep
 from gradwatch.sweep.metrics import VERDICTS
 
@@ -21,10 +21,6 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _phrase(name: str, values: set[Any], every: set[Any]) -> tuple[str, Any] | None:
     """How ``values`` (a group's) stand out among ``every`` value of parameter ``name``, with a test for membership.
 
@@ -33,7 +29,7 @@ def _phrase(name: str, values: set[Any], every: set[Any]) -> tuple[str, Any] | N
     if values == every:
         return None
     label = short(name)
-    if all(_is_number(v) for v in every):
+    if all(is_number(v) for v in every):
         low, high = min(values), max(values)
         if high == max(every):
             return f"{label} >= {low:g}", lambda v: v >= low
