@@ -174,3 +174,15 @@ def test_a_gans_two_optimizers_rows_at_one_step_are_one_column(tmp_path):
     steps, matrix = figures.flow_matrix(Run("gan", folder), columns=200)
     assert steps.tolist() == [0, 1, 2]
     np.testing.assert_allclose(matrix, [[-1, -1, -1], [1, 1, 1]])
+
+
+def test_a_sweep_of_continuous_values_lays_its_grid_out_best_first_eight_to_a_row(tmp_path):
+    runs = []
+    for i in range(10):  # ten learning rates: too many values to be a row or a column
+        runs.append(write_run(tmp_path / f"r{i}", ["a", "b"], [[0.1] * 3, [1.0] * 3], params={"lr": 10.0**-i}))
+    sweep = Sweep("s", tmp_path, ["lr"], None, "minimize", runs)
+    assert figures.facets(sweep) == ([], [])
+    grid = figures.heatmap_grid(sweep)
+    assert [trace["name"] for trace in grid["data"]] == [f"r{i}" for i in range(10)]
+    rows = {grid["layout"][f"yaxis{'' if k == 1 else k}"]["domain"][1] for k in range(1, 11)}
+    assert len(rows) == 2

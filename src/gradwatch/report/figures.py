@@ -491,18 +491,17 @@ def heatmap_grid(sweep: Sweep) -> Figure | None:
     """
     rows_by, cols_by = facets(sweep)
     ranked = sweep.ranked()
-    cells: dict[tuple[str, str], Run] = {}
-    for run in ranked:  # best first: the first run to claim a cell keeps it
-        if not run.layers:
-            continue
-        cells.setdefault((_facet_label(run, rows_by), _facet_label(run, cols_by)), run)
-    if not cells:
+    drawn = [run for run in ranked if run.layers]
+    if not drawn:
         return None
-    if not rows_by and not cols_by:  # nothing to lay out by: rank order, eight to a row
-        cells = {(str(i // 8), str(i % 8)): run for i, run in enumerate(cells.values())}
-    order = {str(i): i for i in range(len(cells))}
-    row_labels = sorted({r for r, _ in cells}, key=lambda s: _label_key(s, order))
-    col_labels = sorted({c for _, c in cells}, key=lambda s: _label_key(s, order))
+    cells: dict[tuple[str, str], Run] = {}
+    if rows_by or cols_by:
+        for run in drawn:  # best first: the first run to claim a cell keeps it
+            cells.setdefault((_facet_label(run, rows_by), _facet_label(run, cols_by)), run)
+    else:  # nothing to lay out by: rank order, eight to a row
+        cells = {(str(i // 8), str(i % 8)): run for i, run in enumerate(drawn)}
+    row_labels = sorted({r for r, _ in cells}, key=_label_key)
+    col_labels = sorted({c for _, c in cells}, key=_label_key)
     matrices = {key: flow_matrix(run, GRID_COLUMNS) for key, run in cells.items()}
     finite = np.concatenate([m[np.isfinite(m)] for _, m in matrices.values()] or [np.zeros(1)])
     low, high = (float(np.percentile(finite, 2)), float(np.percentile(finite, 98))) if finite.size else (0.0, 1.0)
@@ -591,10 +590,8 @@ def heatmap_grid(sweep: Sweep) -> Figure | None:
     return {"data": traces, "layout": layout}
 
 
-def _label_key(label: str, order: dict[str, int]) -> list[Any]:
-    """Sort facet labels by their values, numbers as numbers (``depth=4`` before ``depth=16``)."""
-    if label in order:
-        return [order[label]]
+def _label_key(label: str) -> list[Any]:
+    """Sort facet labels by their values, numbers as numbers (``depth=4`` before ``depth=16``, ``2`` before ``10``)."""
     return [_natural_value(part.split("=", 1)[-1]) for part in label.split(", ")]
 
 
