@@ -150,7 +150,8 @@ def _cell(value: Any, text: str | None = None, *, numeric: bool = False, css: st
     sort = "" if value is None else str(value)
     classes = " ".join(c for c in ("num" if numeric else "", css) if c)
     shown = escape(text if text is not None else ("—" if value is None else str(value)))
-    return f'<td data-sort="{escape(sort)}"{f" class={chr(34)}{classes}{chr(34)}" if classes else ""}>{shown}</td>'
+    attribute = f' class="{classes}"' if classes else ""
+    return f'<td data-sort="{escape(sort)}"{attribute}>{shown}</td>'
 
 
 def _health_text(run: Run) -> str:
@@ -204,14 +205,15 @@ def _config_table(run: Run) -> str:
 
 def _samples(run: Run) -> str:
     """The GAN's latest ``val/samples`` grid (``samples/val-samples-<step>.png``), inlined; nothing for other runs."""
-    pngs = sorted(run.dir.glob("samples/val-samples-*.png"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]))
-    if not pngs or pngs[-1].stat().st_size > MAX_SAMPLES_BYTES:
+    steps = {p.stem.rsplit("-", 1)[-1]: p for p in run.dir.glob("samples/val-samples-*.png")}
+    numbered = sorted((int(step), path) for step, path in steps.items() if step.isdigit())
+    if not numbered or numbered[-1][1].stat().st_size > MAX_SAMPLES_BYTES:
         return ""
-    step = pngs[-1].stem.rsplit("-", 1)[-1]
-    data = base64.b64encode(pngs[-1].read_bytes()).decode("ascii")
+    step, path = numbered[-1]
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (
         f'<figure class="gw-samples"><img alt="generated samples" src="data:image/png;base64,{data}">'
-        f"<figcaption>val/samples at step {escape(step)}: the same latents every validation</figcaption></figure>"
+        f"<figcaption>val/samples at step {step}: the same latents every validation</figcaption></figure>"
     )
 
 
