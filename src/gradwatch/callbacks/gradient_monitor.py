@@ -17,6 +17,7 @@ from gradwatch.callbacks.publish import log_histograms, log_images, log_metrics,
 from gradwatch.errors import ConfigError, unknown_choice
 from gradwatch.health import Finding, GradientStatistics, HealthDetector, Measurement, Verdict, advise
 from gradwatch.health.layers import check_patterns, find_layers, graph_depths
+from gradwatch.sweep.metrics import LAYERS_KEY
 
 #: What each verdict may trigger; ``skip`` (skip the optimizer step) only makes sense for non-finite gradients.
 ACTIONS = ("warn", "alert", "stop", "raise")
@@ -24,9 +25,6 @@ NONFINITE_ACTIONS = (*ACTIONS, "skip")
 
 #: Most measurements the gradient-flow heatmap keeps (it thins itself beyond, so checkpoints stay small).
 HISTORY = 1000
-
-#: The hyperparameter that holds the measured layers in input → output order (``hparams.yaml``, W&B config).
-LAYERS_KEY = "gradwatch/layers"
 
 # Verdicts are one line each on stderr (logging's last-resort handler when the user configured none), not warnings,
 # which would print the source line under them.

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from gradwatch.errors import ConfigError
-from gradwatch.sweep.metrics import VERDICTS, health_summary
+from gradwatch.sweep.local import SWEEP_FILE
+from gradwatch.sweep.metrics import LAYERS_KEY, VERDICTS, health_summary
 
-#: The hyperparameter where ``GradientMonitor`` records the layers in input → output order.
-LAYERS_KEY = "gradwatch/layers"
 #: Runs each extra process must have before reports read metrics in parallel.
 RUNS_PER_WORKER = 4
 #: Folders a run writes that hold no run of their own.
@@ -287,9 +286,7 @@ class Collection:
 
 def is_sweep_folder(path: Path) -> bool:
     """Whether ``path`` is a local sweep's folder."""
-    return (path / "runs").is_dir() and any(
-        (path / name).exists() for name in ("sweep.yaml", "sweep.db", "results.json")
-    )
+    return (path / "runs").is_dir() and any((path / name).exists() for name in (SWEEP_FILE, "sweep.db", "results.json"))
 
 
 def find(path: str | Path) -> Collection:
@@ -356,7 +353,7 @@ def _run_name(folder: Path, root: Path) -> str:
 
 def read_sweep(folder: Path) -> Sweep:
     """A local sweep folder: its file's parameters and metric, each trial's parameters and, if saved, its outcome."""
-    spec = _read_yaml(folder / "sweep.yaml")
+    spec = _read_yaml(folder / SWEEP_FILE)
     metric = spec.get("metric") if isinstance(spec.get("metric"), dict) else {}
     parameters = list(spec.get("parameters") or {})
     outcomes = {}

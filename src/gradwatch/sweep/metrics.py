@@ -9,6 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 VERDICTS = ("vanishing", "exploding", "nonfinite")
+#: The hyperparameter where ``GradientMonitor`` records the measured layers in input → output order
+#: (``hparams.yaml``, the W&B config): metric keys cannot carry it, CSV headers and W&B panels sort them.
+LAYERS_KEY = "gradwatch/layers"
 
 
 def read_metrics(path: str | Path, keys: Iterable[str] | None = None) -> dict[str, list[float]]:
