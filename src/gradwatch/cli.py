@@ -103,10 +103,11 @@ class GradwatchCLI(LightningCLI):
         """Save the predictions, one tensor in the test set's order, beside the run's other files."""
         import torch
 
+        # `log_dir` is a collective under DDP: every process asks for it before rank 0 alone writes.
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         batches = self.trainer.predict_loop.predictions
         if not batches or not self.trainer.is_global_zero:
             return self._finish()
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         path = root / "predictions.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(torch.cat(batches) if isinstance(batches[0], torch.Tensor) else batches, path)

@@ -39,6 +39,13 @@ def test_vanishing_needs_patience_measurements_in_a_row():
     assert [f.verdict for f in detector.update(weak)] == [Verdict.VANISHING]
 
 
+def test_a_first_layer_with_exactly_zero_gradient_is_said_in_words():
+    (finding,) = HealthDetector(patience=1).update(measure(0.0, 1e-3, 1e-2, 1.0))
+    assert finding.layers == ("stem",)
+    assert "first layer's gradient is exactly zero" in finding.evidence
+    assert "inf" not in finding.describe()
+
+
 def test_floor_catches_a_uniformly_tiny_gradient():
     (finding,) = HealthDetector(vanishing_norm=1e-8, patience=1).update(measure(1e-10, 1e-10, 1e-10, 1e-10))
     assert finding.layers == NAMES
@@ -116,8 +123,22 @@ def test_describe_shortens_long_layer_lists():
             "likely cause: depth without skip connections, saturating activations or too small an initialization;"
             " try residual connections, normalization or a non-saturating activation",
         ),
+        (
+            Verdict.EXPLODING,
+            {"norm": "none", "init": "normal", "activation": "relu"},
+            {"lr": 0.5, "updates": 0},
+            "likely cause: the initialization (init=normal): weights too large before any update; try init=kaiming"
+            " / norm=batch",
+        ),
+        (
+            Verdict.NONFINITE,
+            {},
+            {"lr": 0.5, "updates": 0},
+            "likely cause: a NaN / Inf from the data or the loss, or initial weights that overflow (before any"
+            " update); try a smaller initialization gain",
+        ),
     ],
-    ids=["rnn", "gan-generator", "exploding", "nonfinite-fp16", "unknown-model"],
+    ids=["rnn", "gan-generator", "exploding", "nonfinite-fp16", "unknown-model", "exploding-at-init", "nan-at-init"],
 )
 def test_advice_is_drawn_from_the_configuration(verdict, config, kwargs, expected):
     assert advise(verdict, config, **kwargs) == expected

@@ -14,6 +14,7 @@ from typing_extensions import override
 from gradwatch.callbacks.publish import log_metrics, logging_step
 from gradwatch.errors import ConfigError
 from gradwatch.health.activations import ActivationSampler, find_activations
+from gradwatch.health.distributed import all_gather, process_count
 from gradwatch.health.layers import check_patterns
 
 
@@ -34,8 +35,9 @@ class ActivationMonitor(Callback):
     :mod:`gradwatch.health.activations` defines them exactly and lists the layers recognized. Sampled are the steps
     loggers log under (batches that stepped: one per batch under manual optimization, whatever the number of
     optimizers) that ``every_n_steps`` divides, so the first batch is; with gradient accumulation only the first
-    batch of a step is. Under DDP every rank samples its own
-    batch and rank 0's statistics are logged.
+    batch of a step is. Under DDP and FSDP every process samples its own batch and the statistics are pooled over
+    all of them with one all-gather (a unit dead on one process's batch and alive on another's counts as half
+    dead, as for two calls of one layer), then rank 0 logs them.
 
     Under ``torch.compile`` Dynamo does not guard on module hooks by default, so hooks added after the first
     compilation are silently skipped by the compiled code. Set ``torch._dynamo.config.skip_nnmodule_hook_guards =
@@ -114,7 +116,8 @@ class ActivationMonitor(Callback):
         if not self._sampler.attached:
             return
         self._sampler.detach()
-        log_metrics(trainer, self._sampler.read())
+        # Every process sampled this step: pool their batches (one all-gather), so rank 0 logs all of them.
+        log_metrics(trainer, self._sampler.read(gather=all_gather if process_count() > 1 else None))
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

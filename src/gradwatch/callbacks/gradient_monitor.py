@@ -1,9 +1,10 @@
-"""``GradientMonitor``: per-layer gradient statistics and health verdicts, wired to Lightning's hooks."""
+"""``GradientMonitor``: the Lightning adapter over :class:`~gradwatch.health.tracker.GradientTracker`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,18 +14,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
-from gradwatch.callbacks.publish import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step
-from gradwatch.errors import ConfigError, unknown_choice
-from gradwatch.health import Finding, GradientStatistics, HealthDetector, Measurement, Verdict, advise
-from gradwatch.health.layers import check_patterns, find_layers, graph_depths
+from gradwatch.callbacks.publish import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step, run_dir
+from gradwatch.errors import ConfigError
+from gradwatch.health import Finding, Verdict, advise
+from gradwatch.health.tracker import GradientTracker, Report, TrackerConfig
 from gradwatch.sweep.metrics import LAYERS_KEY
-
-#: What each verdict may trigger; ``skip`` (skip the optimizer step) only makes sense for non-finite gradients.
-ACTIONS = ("warn", "alert", "stop", "raise")
-NONFINITE_ACTIONS = (*ACTIONS, "skip")
-
-#: Most measurements the gradient-flow heatmap keeps (it thins itself beyond, so checkpoints stay small).
-HISTORY = 1000
 
 # Verdicts are one line each on stderr (logging's last-resort handler when the user configured none), not warnings,
 # which would print the source line under them.
@@ -35,77 +29,41 @@ class GradientHealthError(RuntimeError):
     """Raised by :class:`GradientMonitor` when a verdict's action is ``raise``."""
 
 
-@dataclass
-class _Group:
-    """One optimizer's parameters: their layers, detector, latest findings and history."""
-
-    name: str
-    detector: HealthDetector
-    stats: GradientStatistics | None = None
-    findings: list[Finding] = field(default_factory=list)
-    active: set[Verdict] = field(default_factory=set)
-    steps: list[int] = field(default_factory=list)
-    history: list[list[float]] = field(default_factory=list)
-    measured: int = 0
-    clipped: int = 0
-    skips: int = 0
-    nonfinite_streak: int = 0
-    snapshot_step: int | None = None
-    magnitudes: tuple[np.ndarray, np.ndarray] | None = None
-
-    def record(self, step: int, grad_norm: np.ndarray) -> None:
-        """Add a measurement to the heatmap's history; past :data:`HISTORY` columns, keep every other one."""
-        self.steps.append(step)
-        self.history.append([float(x) for x in grad_norm])
-        if len(self.steps) > HISTORY:  # the heatmap spans the whole run at a coarser step, in bounded memory
-            self.steps, self.history = self.steps[::2], self.history[::2]
-
-    def suffix(self) -> str:
-        return f"/{self.name}" if self.name else ""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "detector": self.detector.state_dict(),
-            "active": sorted(v.value for v in self.active),
-            "names": list(self.stats.names) if self.stats else None,
-            "steps": self.steps,
-            "history": self.history,
-            "measured": self.measured,
-            "clipped": self.clipped,
-            "skips": self.skips,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.detector.load_state_dict(state["detector"])
-        self.active = {Verdict(v) for v in state["active"]}
-        self.steps, self.history = list(state["steps"]), [list(row) for row in state["history"]]
-        self.measured, self.clipped, self.skips = state["measured"], state["clipped"], state["skips"]
-
-
 class GradientMonitor(Callback):
     r"""Per-layer gradient statistics and verdicts on vanishing, exploding and non-finite gradients.
 
     Measures at ``on_before_optimizer_step`` (after gradient accumulation and AMP unscaling, before clipping),
-    every ``log_every_n_steps`` optimizer steps and always at the first: per layer (module owning parameters,
-    ordered input → output) the gradient norm ``grad/norm/<layer>``, the parameter norm ``param/norm/<layer>``
-    and the update-to-parameter ratio ``grad/update_ratio/<layer>`` (the last update, whatever the optimizer),
-    and the total ``grad/norm_total``. Statistics are computed on the device with fused ``torch._foreach_*`` ops
-    and copied to the host once per logging step; other steps do nothing (unless ``nonfinite_guard``).
+    every ``log_every_n_steps`` steps of each optimizer, counted in that optimizer's own steps, and always at its
+    first: per layer (module owning parameters, ordered input → output as the forward pass uses them) the
+    gradient norm ``grad/norm/<layer>``, the parameter norm ``param/norm/<layer>`` and the update-to-parameter ratio
+    ``grad/update_ratio/<layer>`` (the last update, whatever the optimizer), and the total ``grad/norm_total`` (the
+    norm gradient clipping uses: each parameter counted once, tied weights included). Statistics are computed on
+    the device with fused ``torch._foreach_*`` ops and copied to the host once per logging step; other steps do
+    nothing (unless ``nonfinite_guard``). The rules live in the trainer-free
+    :class:`~gradwatch.health.tracker.GradientTracker`; this callback wires them to the Trainer.
 
     Verdicts (:class:`~gradwatch.health.Verdict`) are logged as layer counts ``health/vanishing``,
     ``health/exploding`` and ``health/nonfinite``, with ``health/attenuation`` (log10 of the first layer's
     gradient norm over the last's), through every logger and in ``trainer.callback_metrics``, so
     ``EarlyStopping(monitor="health/exploding", mode="min", divergence_threshold=0.5)`` stops on explosions.
     When a verdict appears, its action runs with one line naming the layers, the likely cause and a remedy drawn
-    from the model's configuration.
+    from the model's configuration and from the evidence (before any update, the initialization; after, the
+    learning rate).
 
-    Under manual optimization each optimizer is measured at its own step (a GAN's generator and discriminator
-    separately; totals then carry the network's name, ``grad/norm_total/generator``). Under DDP the gradients
-    are already averaged, so every process computes the same statistics and only rank 0 logs them.
+    - **Fine-tuning**: the watched layers follow the optimizer's trainable parameters and param groups, so layers
+      a ``BaseFinetuning`` callback unfreezes are measured from the step they train.
+    - **Manual optimization**: each optimizer is measured at its own steps (a GAN's generator and discriminator
+      separately; totals then carry the network's name, ``grad/norm_total/generator``).
+    - **fp16**: steps the GradScaler skips while it calibrates are counted in ``grad/scaler_skips``; non-finite
+      gradients are a verdict only once the scale has fallen to 1.
+    - **DDP**: gradients are already averaged, so every process computes the same statistics; rank 0 logs them.
+    - **FSDP2** (``fully_shard``, ``ModelParallelStrategy``) and **FSDP1** (``FSDPStrategy(use_orig_params=True)``):
+      the shards' squared norms are summed with one all-reduce per measurement, so every process holds the full
+      tensors' statistics. DeepSpeed is refused: its ZeRO partitions are not per-layer tensors.
 
     Args:
-        log_every_n_steps: Measure every this many optimizer steps; the Trainer's ``log_every_n_steps`` when
-            ``None``.
+        log_every_n_steps: Measure every this many steps of each optimizer; the Trainer's ``log_every_n_steps``
+            when ``None``.
         include: fnmatch patterns of module paths to watch (all modules owning parameters when empty).
         exclude: fnmatch patterns of module paths never watched.
         group_depth: Merge modules sharing the first ``group_depth`` path components into one layer (one entry
@@ -127,15 +85,18 @@ class GradientMonitor(Callback):
             most ``max_skips`` times in a row, then stop. ``skip``, ``stop`` and ``raise`` keep the non-finite
             gradients out of the weights.
         max_skips: Consecutive steps ``skip`` may skip.
-        nonfinite_guard: Check every step for non-finite gradients (one fused norm and one scalar copy per step),
-            not only logging steps. On with ``on_nonfinite="skip"``.
+        nonfinite_guard: Check every step for non-finite gradients (one fused norm and one scalar copy per step,
+            and with several processes one scalar all-reduce), not only logging steps. On with
+            ``on_nonfinite="skip"``.
         flow_every_n_epochs: Log gradient-flow images (per-layer mean / max |grad| bars, and a layer × step
             heatmap of gradient norms) every this many epochs and at the end of fit; ``0``: only at the end;
-            ``None``: never.
+            ``None``: never. They are drawn only for a receiver: a logger (W&B and TensorBoard show them, and the
+            PNGs go into the run folder); without any logger nothing is drawn.
         alert_interval: Seconds between two W&B alerts with the same title.
 
     Raises:
-        ConfigError: a bad argument; the message names it and the valid values.
+        ConfigError: a bad argument; the message names it and the valid values. At fit start, also watch patterns
+            that match no layer, and a DeepSpeed strategy.
 
     Example::
 
@@ -165,256 +126,190 @@ class GradientMonitor(Callback):
         flow_every_n_epochs: int | None = 10,
         alert_interval: float = 600.0,
     ) -> None:
-        for param, value in {"log_every_n_steps": log_every_n_steps, "group_depth": group_depth}.items():
-            if value is not None and value < 1:
-                raise ConfigError(f"GradientMonitor: {param} must be >= 1 or None, got {value}", param=param)
-        for param, value in {"max_skips": max_skips, "flow_every_n_epochs": flow_every_n_epochs or 0}.items():
-            if value < 0:
-                raise ConfigError(f"GradientMonitor: {param} must be >= 0, got {value}", param=param)
-        for param, value, choices in (
-            ("on_vanishing", on_vanishing, ACTIONS),
-            ("on_exploding", on_exploding, ACTIONS),
-            ("on_nonfinite", on_nonfinite, NONFINITE_ACTIONS),
-        ):
-            if value not in choices:
-                raise ConfigError(f"GradientMonitor: {param}: " + unknown_choice("action", value, choices), param=param)
-        self.include = check_patterns(include, owner="GradientMonitor", param="include")
-        self.exclude = check_patterns(exclude, owner="GradientMonitor", param="exclude")
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise ConfigError(
+                f"GradientMonitor: log_every_n_steps must be >= 1 or None, got {log_every_n_steps}",
+                param="log_every_n_steps",
+            )
+        if flow_every_n_epochs is not None and flow_every_n_epochs < 0:
+            raise ConfigError(
+                f"GradientMonitor: flow_every_n_epochs must be >= 0 or None, got {flow_every_n_epochs}",
+                param="flow_every_n_epochs",
+            )
         try:
-            self._detector_args = {
-                "vanishing_norm": vanishing_norm,
-                "max_attenuation": max_attenuation,
-                "exploding_norm": exploding_norm,
-                "max_growth": max_growth,
-                "patience": patience,
-            }
-            HealthDetector(**self._detector_args)
-        except ValueError as err:
-            param = str(err).split(" ", 1)[0]
-            raise ConfigError(f"GradientMonitor: {err}", param=param if param.isidentifier() else None) from err
+            self.config = TrackerConfig(
+                every=log_every_n_steps or 1,
+                include=include,
+                exclude=exclude,
+                group_depth=group_depth,
+                update_ratio=update_ratio,
+                histograms=histograms,
+                nonfinite_guard=nonfinite_guard,
+                actions={
+                    Verdict.VANISHING: on_vanishing,
+                    Verdict.EXPLODING: on_exploding,
+                    Verdict.NONFINITE: on_nonfinite,
+                },
+                max_skips=max_skips,
+                thresholds={
+                    "vanishing_norm": vanishing_norm,
+                    "max_attenuation": max_attenuation,
+                    "exploding_norm": exploding_norm,
+                    "max_growth": max_growth,
+                    "patience": patience,
+                },
+            )
+        except ConfigError as err:
+            raise ConfigError(f"GradientMonitor: {err}", param=err.param) from err
         self.log_every_n_steps = log_every_n_steps
-        self.group_depth = group_depth
-        self.update_ratio = update_ratio
-        self.histograms = histograms
-        self.actions = {
-            Verdict.VANISHING: on_vanishing,
-            Verdict.EXPLODING: on_exploding,
-            Verdict.NONFINITE: on_nonfinite,
-        }
-        self.max_skips = max_skips
-        self.nonfinite_guard = nonfinite_guard or on_nonfinite == "skip"
         self.flow_every_n_epochs = flow_every_n_epochs
         self.alert_interval = alert_interval
+        #: The rules and state of this fit (``None`` before it starts).
+        self.tracker: GradientTracker | None = None
         #: Why the monitor stopped training, if it did.
         self.stopped_reason: str | None = None
-        self._groups: dict[int, _Group] = {}
-        self._depths: dict[int, tuple[int, int]] = {}
-        self._every = 1
         self._loaded: dict[str, Any] | None = None
         self._flow_step: int | None = None
+        self._flow_folder: Path | None = None
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(
             log_every_n_steps=self.log_every_n_steps,
-            include=self.include,
-            exclude=self.exclude,
-            group_depth=self.group_depth,
+            include=self.config.include,
+            exclude=self.config.exclude,
+            group_depth=self.config.group_depth,
         )
 
     @property
     def findings(self) -> list[Finding]:
-        """The verdicts of the latest measurements, over all optimizers."""
-        return [finding for group in self._groups.values() for finding in group.findings]
+        """The verdicts that stand after the latest measurements, over all optimizers."""
+        return self.tracker.findings if self.tracker is not None else []
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if type(trainer.strategy).__name__.startswith("DeepSpeed"):
+            raise ConfigError(
+                "GradientMonitor: DeepSpeed is not supported: ZeRO keeps gradients in flat partitions, not per-layer"
+                " tensors, so per-layer norms would be wrong. Use FSDP (ModelParallelStrategy, or"
+                " FSDPStrategy(use_orig_params=True)), or --gradients null to train without the monitor",
+            )
+        # Resolved here, on every process: `trainer.log_dir` is a collective under DDP, so asking for it later on
+        # rank 0 alone would hang or kill the run. Without any logger nobody would receive the images.
+        self._flow_folder = run_dir(trainer) / "gradient-flow" if trainer.loggers else None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._every = self.log_every_n_steps or trainer.log_every_n_steps or 1
-        self._groups, self._depths, self._flow_step = {}, {}, None
-        names = _optimizer_names(pl_module, trainer.optimizers)
-        for optimizer, name in zip(trainer.optimizers, names, strict=True):
-            self._groups[id(optimizer)] = _Group(name, HealthDetector(**self._detector_args))
-        if not any(self._layers(pl_module, opt) for opt in trainer.optimizers):
+        every = self.log_every_n_steps or trainer.log_every_n_steps or 1
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.tracker = GradientTracker(pl_module, dataclasses.replace(self.config, every=every), scaler=scaler)
+        self._flow_step = None
+        for optimizer, name in zip(trainer.optimizers, _optimizer_names(pl_module, trainer.optimizers), strict=True):
+            self.tracker.watch(optimizer, name)
+        if not any(self.tracker.layers_of(optimizer) for optimizer in trainer.optimizers):
             raise ConfigError(
-                f"GradientMonitor: no module with trainable parameters matches include={list(self.include)}"
-                f" exclude={list(self.exclude)}",
-                param="include" if self.include else "exclude",
+                f"GradientMonitor: no module with trainable parameters matches include={list(self.config.include)}"
+                f" exclude={list(self.config.exclude)}",
+                param="include" if self.config.include else "exclude",
             )
         if self._loaded is not None:
-            for group in self._groups.values():
-                if group.name in self._loaded["groups"]:
-                    group.load_state_dict(self._loaded["groups"][group.name])
+            self.tracker.load_state_dict(self._loaded["groups"])
             self.stopped_reason = self._loaded["stopped_reason"]
             self._loaded = None
 
-    def _layers(self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> list[Any]:
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-        return find_layers(
-            pl_module,
-            params,
-            include=self.include,
-            exclude=self.exclude,
-            group_depth=self.group_depth,
-            depths=self._depths,
-        )
-
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        # Until every optimizer's layers are laid out, read the forward order off the autograd graph (once per
-        # backward, no hooks).
-        if any(group.stats is None for group in self._groups.values()):
-            self._depths.update(graph_depths(loss))
+        if self.tracker is not None:
+            self.tracker.observe(loss)
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        group = self._groups.get(id(optimizer))
-        if group is None:  # an optimizer created after fit started; nothing to compare it with
+        if self.tracker is None:
             return
-        if group.stats is None:
-            group.stats = GradientStatistics(self._layers(pl_module, optimizer), histograms=self.histograms)
-            self._log_layer_order(trainer)
-        step = logging_step(trainer)
-        if step % self._every == 0 or group.measured == 0:
-            if group.snapshot_step is not None and group.snapshot_step != step - 1:
-                group.stats.discard_snapshot()  # an update over several steps would not compare
-            self._measure(trainer, pl_module, group, optimizer, step)
-        elif self.nonfinite_guard and not group.stats.finite():
-            group.stats.discard_snapshot()
-            self._measure(trainer, pl_module, group, optimizer, step)
-        group.snapshot_step = None
-        if self._flow_due(trainer):
+        # Lightning clips by norm when no algorithm is given.
+        clip = trainer.gradient_clip_val if trainer.gradient_clip_algorithm in (None, "norm") else None
+        report = self.tracker.step(optimizer, step=logging_step(trainer), clip=clip or None)
+        if report is not None:
+            if report.layout_changed:
+                self._log_layer_order(trainer)
+            log_metrics(trainer, self.tracker.metrics(report, clip=clip or None))
+            if report.measurement.histograms is not None:
+                m = report.measurement
+                log_histograms(trainer, {f"grad/hist/{name}": m.histograms[i] for i, name in enumerate(m.names)})
+            self._act(trainer, pl_module, report, optimizer)
+        elif self._flow_due(trainer):
             # Read now: Lightning frees the gradients before validation, so they are gone at the epoch's end.
-            group.magnitudes = group.stats.magnitudes()
-        if self.update_ratio and (step + 1) % self._every == 0:
-            group.stats.snapshot()
-            group.snapshot_step = step
+            self.tracker.keep_magnitudes(optimizer)
 
     def _log_layer_order(self, trainer: pl.Trainer) -> None:
         """Log the layers, input → output, as the hyperparameter :data:`LAYERS_KEY` of every logger.
 
         Metric keys cannot carry the order (CSV headers are sorted, W&B panels list keys alphabetically), and
-        reports and dashboards draw layers in it. A GAN's groups follow each other as they are laid out.
+        reports and dashboards draw layers in it. A GAN's groups follow each other; logged again when the layers
+        change (a backbone unfrozen).
         """
-        names = [name for group in self._groups.values() if group.stats is not None for name in group.stats.names]
+        assert self.tracker is not None
+        names = [name for group in self.tracker.groups for name in group.order]
         for logger in trainer.loggers:
             logger.log_hyperparams({LAYERS_KEY: names})
 
-    def _measure(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        group: _Group,
-        optimizer: torch.optim.Optimizer,
-        step: int,
-    ) -> None:
-        assert group.stats is not None
-        m = group.stats.measure()
-        group.findings = group.detector.update(m)
-        group.measured += 1
-        group.record(step, m.grad_norm)
-        # Lightning clips by norm when no algorithm is given.
-        clip = trainer.gradient_clip_val if trainer.gradient_clip_algorithm in (None, "norm") else None
-        if clip and m.total_norm > clip:
-            group.clipped += 1
-        metrics = self._metrics(group, m, clip)
-        log_metrics(trainer, metrics)
-        if self.histograms and m.histograms is not None:
-            log_histograms(trainer, {f"grad/hist/{name}": m.histograms[i] for i, name in enumerate(m.names)})
-        self._act(trainer, pl_module, group, optimizer)
-
-    def _metrics(self, group: _Group, m: Measurement, clip: float | None) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        ratio = m.update_ratio
-        for i, name in enumerate(m.names):
-            if m.measured[i]:
-                metrics[f"grad/norm/{name}"] = m.grad_norm[i]
-                if ratio is not None:
-                    metrics[f"grad/update_ratio/{name}"] = ratio[i]
-            metrics[f"param/norm/{name}"] = m.param_norm[i]
-            if m.nonfinite[i]:
-                metrics[f"grad/nonfinite/{name}"] = m.nonfinite[i]
-        suffix = group.suffix()
-        metrics[f"grad/norm_total{suffix}"] = m.total_norm
-        if m.attenuation is not None:
-            metrics[f"health/attenuation{suffix}"] = m.attenuation
-        if clip:
-            metrics[f"grad/clip_norm{suffix}"] = clip
-            metrics[f"grad/clip_rate{suffix}"] = group.clipped / group.measured
-        findings = self.findings
-        for verdict in Verdict:
-            metrics[f"health/{verdict.value}"] = sum(len(f.layers) for f in findings if f.verdict is verdict)
-        return {key: float(value) for key, value in metrics.items()}
-
     def _act(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, group: _Group, optimizer: torch.optim.Optimizer
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: Report, optimizer: torch.optim.Optimizer
     ) -> None:
-        verdicts = {f.verdict for f in group.findings}
-        nonfinite = Verdict.NONFINITE in verdicts
-        group.nonfinite_streak = group.nonfinite_streak + 1 if nonfinite else 0
-        if not nonfinite:
-            group.skips = 0
-        # Under fp16 AMP, the GradScaler skips steps with overflowed gradients and lowers its scale: that is its
-        # normal calibration, so only non-finite gradients that persist are a verdict.
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if nonfinite and scaler is not None and group.nonfinite_streak < group.detector.patience:
-            verdicts.discard(Verdict.NONFINITE)
-        new = verdicts - group.active
-        group.active = verdicts
-        if self.flow_every_n_epochs is not None and any(self.actions[v] == "stop" for v in verdicts):
-            group.magnitudes = group.stats.magnitudes()  # this may be the last step: keep the flow bars' data
-        stop_reason = None
-        for finding in group.findings:
-            if finding.verdict not in verdicts:
+        assert self.tracker is not None
+        if self._flow_due(trainer) or (report.stop is not None and self._flow_folder is not None):
+            self.tracker.keep_magnitudes(optimizer)  # the flow bars' data, before the gradients may be dropped
+        if report.drop_gradients:
+            _drop_gradients(optimizer)
+        stop_reason = raised = None
+        for action in report.actions:
+            line = self._line(trainer, pl_module, report, action.finding)
+            if action.action == "raise":
+                raised = raised or line
+            elif action.action == "stop":
+                stop_reason = stop_reason or (f"{line} ({action.note})" if action.note else line)
+            elif not trainer.is_global_zero:
                 continue
-            action = self.actions[finding.verdict]
-            line = self._line(trainer, pl_module, group, optimizer, finding)
-            if finding.verdict is Verdict.NONFINITE and action in ("skip", "stop", "raise"):
-                _drop_gradients(optimizer)
-            if action == "raise":
-                raise GradientHealthError(line)
-            if action == "stop":
-                stop_reason = line
-            elif action == "skip":
-                group.skips += 1
-                if group.skips > self.max_skips:
-                    stop_reason = f"{line} ({self.max_skips} steps skipped in a row)"
-                elif trainer.is_global_zero:
-                    log.warning("gradwatch: %s (optimizer step skipped, %d of %d)", line, group.skips, self.max_skips)
-            elif finding.verdict in new and trainer.is_global_zero:
+            elif action.action == "skip":
+                log.warning("gradwatch: %s (%s)", line, action.note)
+            else:
                 log.warning("gradwatch: %s", line)
-                if action == "alert":
-                    self._alert(trainer, finding, line)
-        # Every process measures the same gradients at the same steps, so all of them get here together.
-        may_stop = "stop" in self.actions.values() or "skip" in self.actions.values()
-        if may_stop and trainer.strategy.reduce_boolean_decision(stop_reason is not None, all=False):
+                if action.action == "alert":
+                    self._alert(trainer, action.finding, line)
+        # Every process measures at the same steps and reaches this together; a verdict one process saw (its shard
+        # of a NaN) stops them all, instead of the others waiting forever in the next collective.
+        actions = set(self.config.actions.values())
+        if not actions & {"stop", "skip", "raise"}:
+            return
+        decided = stop_reason or raised
+        if trainer.strategy.reduce_boolean_decision(decided is not None, all=False):
+            if raised is not None:
+                raise GradientHealthError(raised)
             self.stopped_reason = stop_reason or "another process saw a gradient verdict"
             trainer.should_stop = True
             # Each process that saw the verdict says why; rank 0 says it stops in any case.
             if stop_reason is not None or trainer.is_global_zero:
                 log.warning("gradwatch: stopping: %s", self.stopped_reason)
 
-    def _line(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        group: _Group,
-        optimizer: torch.optim.Optimizer,
-        finding: Finding,
-    ) -> str:
-        prefix = getattr(pl_module, "config_prefixes", {}).get(group.name, "")
+    def _line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: Report, finding: Finding) -> str:
+        group = report.group
+        assert group.optimizer is not None
         advice = advise(
             finding.verdict,
             dict(pl_module.hparams),
-            prefix=prefix,
-            lr=optimizer.param_groups[0].get("lr"),
+            prefix=getattr(pl_module, "config_prefixes", {}).get(group.name, ""),
+            lr=group.optimizer.param_groups[0].get("lr"),
             clipping=bool(trainer.gradient_clip_val),
             precision=str(trainer.precision),
+            updates=report.updates,
         )
         where = f"{group.name} " if group.name else ""
-        return f"step {group.steps[-1]}: {where}{finding.describe()}; {advice}"
+        return f"step {report.step}: {where}{finding.describe()}; {advice}"
 
     def _alert(self, trainer: pl.Trainer, finding: Finding, line: str) -> None:
         logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
@@ -437,8 +332,8 @@ class GradientMonitor(Callback):
             self._log_flow(trainer)
 
     def _flow_due(self, trainer: pl.Trainer) -> bool:
-        """Whether this is the last optimizer step before gradient-flow images are drawn."""
-        if self.flow_every_n_epochs is None:
+        """Whether this is the last optimizer step before gradient-flow images are drawn (for a receiver)."""
+        if self.flow_every_n_epochs is None or self._flow_folder is None:
             return False
         progress = trainer.fit_loop.epoch_loop.batch_progress
         last_batch = progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
@@ -448,37 +343,42 @@ class GradientMonitor(Callback):
         return (last_batch and ((bool(every) and epoch % every == 0) or last_epoch)) or last_step
 
     def _log_flow(self, trainer: pl.Trainer) -> None:
-        """Gradient-flow bars (the latest gradients) and the layer × step heatmap of each optimizer's layers."""
+        """Gradient-flow bars (the latest gradients) and the layer × step heatmap of each optimizer's layers.
+
+        Drawn on rank 0 only, and only for a receiver; no collective is reached here.
+        """
+        self._flow_step = logging_step(trainer)
+        if self.tracker is None or self._flow_folder is None or not trainer.is_global_zero:
+            return
         from gradwatch.health.flow import flow_bars, flow_heatmap
 
-        self._flow_step = logging_step(trainer)
         images = {}
-        for group in self._groups.values():
-            if group.stats is None or not group.steps or not trainer.is_global_zero:
+        for group in self.tracker.groups:
+            if not group.steps:
                 continue
-            names, suffix = group.stats.names, group.suffix()
+            suffix = group.suffix
             if group.magnitudes is not None:
-                mean, peak = group.magnitudes
+                names, mean, peak = group.magnitudes
                 title = f"gradient flow {group.name}".strip()
                 images[f"grad/flow/bars{suffix}"] = flow_bars(names, mean, peak, title=title)
-                table = {"layer": names, "mean |grad|": mean.tolist(), "max |grad|": peak.tolist()}
+                table = {"layer": list(names), "mean |grad|": mean.tolist(), "max |grad|": peak.tolist()}
                 log_wandb_bars(trainer, f"grad/flow/chart{suffix}", table, "layer", "max |grad|")
                 group.magnitudes = None
+            names, norms = group.heatmap()
             with np.errstate(divide="ignore", invalid="ignore"):
-                heat = np.log10(np.array(group.history, dtype=np.float64).T)
-            images[f"grad/flow/heatmap{suffix}"] = flow_heatmap(names, group.steps, heat)
-        log_images(trainer, images, folder="gradient-flow")
+                images[f"grad/flow/heatmap{suffix}"] = flow_heatmap(names, group.steps, np.log10(norms))
+        log_images(trainer, images, self._flow_folder)
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "groups": {group.name: group.state_dict() for group in self._groups.values()},
+            "groups": self.tracker.state_dict() if self.tracker is not None else {},
             "stopped_reason": self.stopped_reason,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Checkpoints are restored before `on_fit_start` creates the groups; they pick this up there.
+        # Checkpoints are restored before `on_fit_start` creates the tracker; it picks this up there.
         self._loaded = state_dict
 
 

@@ -77,11 +77,20 @@ def log_wandb_bars(trainer: pl.Trainer, key: str, table: Mapping[str, Sequence[A
     logger.log_metrics({key: wandb.plot.bar(data, x, y, title=key)}, step=logging_step(trainer))
 
 
-def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], folder: str) -> list[Path]:
-    """Log RGB ``(H, W, 3)`` uint8 images to the loggers that show images, and save each as a PNG.
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The folder a run's files go into: the first logger's ``log_dir``, else ``default_root_dir``.
 
-    The PNGs go into ``<trainer.log_dir>/<folder>/`` (``<key with / as ->-<step>.png``), so a run logged only to
-    CSV keeps its figures too.
+    Under DDP ``trainer.log_dir`` is a collective (a broadcast from rank 0): call this on every process, at the
+    same point, never behind an ``is_global_zero`` check.
+    """
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], folder: Path) -> list[Path]:
+    """Log RGB ``(H, W, 3)`` uint8 images to the loggers that show images, and save each as a PNG in ``folder``.
+
+    The PNGs are named ``<key with / as ->-<step>.png``, so a run logged only to CSV keeps its figures too. Only
+    rank 0 writes; ``folder`` comes from :func:`run_dir`, resolved on every process.
 
     Returns:
         The paths of the saved PNGs (empty on ranks other than 0).
@@ -100,11 +109,10 @@ def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], folder: st
         elif isinstance(logger, TensorBoardLogger):
             for key, image in images.items():
                 logger.experiment.add_image(key, image, global_step=step, dataformats="HWC")
-    out = Path(trainer.log_dir or trainer.default_root_dir) / folder
-    out.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, image in images.items():
-        path = out / f"{key.replace('/', '-')}-{step}.png"
+        path = folder / f"{key.replace('/', '-')}-{step}.png"
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths

@@ -5,7 +5,7 @@ objects work in a plain PyTorch loop.
 """
 
 from gradwatch.health.advice import advise
-from gradwatch.health.layers import Layer, find_layers, graph_depths
+from gradwatch.health.layers import Layer, find_layers, forward_order
 from gradwatch.health.stats import GradientStatistics, Measurement
 from gradwatch.health.verdicts import Finding, HealthDetector, Verdict
 
@@ -18,5 +18,5 @@ __all__ = [
     "Verdict",
     "advise",
     "find_layers",
-    "graph_depths",
+    "forward_order",
 ]

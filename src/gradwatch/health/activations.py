@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -206,6 +207,7 @@ class ActivationSampler:
         self.exclude = check_patterns(exclude, owner="ActivationSampler", param="exclude")
         self._handles: list[RemovableHandle] = []
         self._calls: list[_Call] = []
+        self._layers: list[Activation] = []
 
     @property
     def attached(self) -> bool:
@@ -225,6 +227,7 @@ class ActivationSampler:
             raise RuntimeError("ActivationSampler is already attached; detach() first")
         self._calls.clear()
         layers = find_activations(model, include=self.include, exclude=self.exclude)
+        self._layers = layers
         self._handles = [
             layer.module.register_forward_hook(functools.partial(self._record, layer, _saturation(layer.module)))
             for layer in layers
@@ -255,38 +258,76 @@ class ActivationSampler:
             parts.append(torch.count_nonzero(saturated(module, y)) / y.numel())
         self._calls.append(_Call(layer, y.numel(), units, torch.stack(parts)))
 
-    def read(self) -> dict[str, float]:
+    def read(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
         """The statistics collected since :meth:`attach`, as ``{"act/<stat>/<layer>": value}``; one host transfer.
 
-        Layers that produced no output are left out. The collected outputs are forgotten.
+        Each layer's calls are pooled on the device into one row of sums (elements, mean, squared deviations,
+        dead and total units, saturated elements), in float64. With several processes (DDP, FSDP), ``gather``
+        stacks every process's rows (``(processes, rows)``, one collective) and they are pooled the same way, so the
+        statistics are those of every process's batch, not one's. Every process must then call :meth:`read` at
+        the same step: the rows are one per hooked layer, so their layout is the same everywhere even where a
+        layer saw no output.
+
+        Layers that produced no output (on any process) are left out. The collected outputs are forgotten.
+
+        Args:
+            gather: Stack a tensor over the processes (:func:`~gradwatch.health.distributed.all_gather`).
         """
         # Emptied in place, never rebound: a graph ``torch.compile`` traced through the hooks appends to this list.
         calls = list(self._calls)
         self._calls.clear()
-        if not calls:
+        if not calls and gather is None:
             return {}
-        host = torch.cat([call.values for call in calls]).tolist()  # the one device → host copy
-        per_layer: dict[str, list[tuple[_Call, list[float]]]] = {}
-        offset = 0
-        for call in calls:
-            size = call.values.numel()
-            per_layer.setdefault(call.layer.name, []).append((call, host[offset : offset + size]))
-            offset += size
-        metrics = {}
-        for name, seen in per_layer.items():
-            metrics.update(_combine(name, seen))
+        rows = self._pooled(calls)
+        if gather is not None:
+            rows = gather(rows.flatten()).reshape(-1, *rows.shape)
+        host = rows.cpu().numpy().reshape(-1, len(self._layers), _ROW)  # the one device → host copy
+        metrics: dict[str, float] = {}
+        for i, layer in enumerate(self._layers):
+            metrics.update(_combine(layer, host[:, i]))
         return metrics
 
+    def _pooled(self, calls: list[_Call]) -> torch.Tensor:
+        """One row of :data:`_ROW` sums per hooked layer (zeros for layers without output), on the device."""
+        device = calls[0].values.device if calls else torch.device("cpu")
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        rows = torch.zeros(len(self._layers), _ROW, dtype=dtype, device=device)
+        if not calls:
+            return rows
+        index = {layer.name: i for i, layer in enumerate(self._layers)}
+        layer = torch.tensor([index[call.layer.name] for call in calls], device=device)
+        numel = torch.tensor([float(call.numel) for call in calls], dtype=dtype, device=device)
+        units = torch.tensor([float(call.units) for call in calls], dtype=dtype, device=device)
+        values = torch.stack(
+            [torch.cat([call.values, call.values.new_zeros(3 - call.values.numel())]) for call in calls]
+        )
+        mean, var, fraction = values.to(dtype).unbind(1)
+        count = rows[:, 0].index_add(0, layer, numel)
+        pooled = rows[:, 1].index_add(0, layer, numel * mean) / count.clamp(min=1)
+        # Chan et al.'s parallel formula: each call's squared deviations about its mean, plus its mean's offset.
+        squares = rows[:, 2].index_add(0, layer, numel * (var + (mean - pooled[layer]) ** 2))
+        dead = rows[:, 3].index_add(0, layer, units * fraction)
+        saturated = rows[:, 5].index_add(0, layer, numel * fraction * (units == 0))
+        return torch.stack([count, pooled, squares, dead, rows[:, 4].index_add(0, layer, units), saturated], dim=1)
 
-def _combine(name: str, seen: list[tuple[_Call, list[float]]]) -> dict[str, float]:
-    # Pooled mean and variance of all calls (Chan et al.'s parallel formula), fractions weighted by their counts.
-    numel = sum(call.numel for call, _ in seen)
-    mean = sum(call.numel * v[0] for call, v in seen) / numel
-    var = sum(call.numel * (v[1] + (v[0] - mean) ** 2) for call, v in seen) / numel
-    metrics = {f"act/mean/{name}": mean, f"act/std/{name}": math.sqrt(var)}
-    kind = seen[0][0].layer.kind
-    if kind is Kind.RECTIFIER:
-        metrics[f"act/dead/{name}"] = sum(call.units * v[2] for call, v in seen) / sum(call.units for call, _ in seen)
-    elif kind is Kind.SATURATING:
-        metrics[f"act/saturated/{name}"] = sum(call.numel * v[2] for call, v in seen) / numel
+
+#: The sums pooled per layer: elements, mean, squared deviations about the mean, dead units, units, saturated
+#: elements.
+_ROW = 6
+
+
+def _combine(layer: Activation, rows: np.ndarray) -> dict[str, float]:
+    """The metrics of one layer from its ``(processes, _ROW)`` sums (Chan et al.'s parallel formula)."""
+    count = rows[:, 0]
+    total = count.sum()
+    if total == 0:
+        return {}
+    mean = float((count * rows[:, 1]).sum() / total)
+    var = float((rows[:, 2] + count * (rows[:, 1] - mean) ** 2).sum() / total)
+    name = layer.name
+    metrics = {f"act/mean/{name}": mean, f"act/std/{name}": math.sqrt(max(var, 0.0))}
+    if layer.kind is Kind.RECTIFIER:
+        metrics[f"act/dead/{name}"] = float(rows[:, 3].sum() / rows[:, 4].sum())
+    elif layer.kind is Kind.SATURATING:
+        metrics[f"act/saturated/{name}"] = float(rows[:, 5].sum() / total)
     return metrics

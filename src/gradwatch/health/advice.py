@@ -29,6 +29,7 @@ def advise(
     lr: float | None = None,
     clipping: bool = False,
     precision: str | None = None,
+    updates: int | None = None,
 ) -> str:
     """``"likely cause: ...; try ..."`` for ``verdict``, naming the model's settings as the user writes them.
 
@@ -39,6 +40,8 @@ def advise(
         lr: The optimizer's learning rate, if known.
         clipping: Whether the Trainer clips gradients.
         precision: The Trainer's precision (``"16-mixed"``...).
+        updates: Optimizer steps taken before the measurement. At 0 no update has been made, so the learning rate
+            cannot be the cause of large gradients: the initialization (or the data) is.
 
     Example::
 
@@ -75,14 +78,26 @@ def advise(
         if not causes:
             causes.append("depth without skip connections, saturating activations or too small an initialization")
             fixes.append("residual connections, normalization or a non-saturating activation")
+    elif updates == 0:  # large or non-finite before the first update: the weights the run started from
+        init = _name(get("init"))
+        if verdict is Verdict.NONFINITE:
+            causes.append("a NaN / Inf from the data or the loss, or initial weights that overflow (before any update)")
+        else:
+            causes.append(
+                f"the initialization{f' ({prefix}init={init})' if init else ''}: weights too large before any update"
+            )
+        if prefix + "init" in config and init not in ("kaiming", "xavier"):
+            fixes.append(f"{prefix}init={'xavier' if activation in SATURATING else 'kaiming'}")
+        else:
+            fixes.append("a smaller initialization gain")
     elif verdict is Verdict.NONFINITE:
         causes.append("a gradient that overflowed, or a NaN / Inf from the loss or the data")
     else:
         causes.append("a learning rate too high for this network" + (f" (lr={lr:g})" if lr else ""))
     if verdict is not Verdict.VANISHING:
-        if lr:
+        if lr and updates != 0:
             fixes.append(f"lr={lr / 10:g}")
-        if not clipping:
+        if not clipping and updates != 0:
             fixes.append("gradient_clip_val=1.0")
         if verdict is Verdict.NONFINITE and precision and precision.startswith("16"):
             fixes.append("precision=bf16-mixed")

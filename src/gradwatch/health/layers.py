@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -99,9 +99,12 @@ def find_layers(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     group_depth: int | None = None,
-    depths: dict[int, tuple[int, int]] | None = None,
+    order: Mapping[int, tuple[int, int]] | None = None,
 ) -> list[Layer]:
     """The modules of ``model`` that own parameters among ``params``, ordered from input to output.
+
+    Each parameter belongs to one layer: a tied weight (``head.weight = embedding.weight``) counts for the first
+    module that registers it, so no norm counts it twice.
 
     Args:
         model: The model.
@@ -110,58 +113,68 @@ def find_layers(
         exclude: fnmatch patterns on module paths that are never watched.
         group_depth: Merge modules that share the first ``group_depth`` path components into one layer (a block
             of a very deep model).
-        depths: ``id(param)`` → place in the autograd graph (:func:`graph_depths`). Layers are ordered by it,
-            nearest the input first; ties and parameters it lacks keep registration order.
+        order: ``id(param)`` → when the forward pass first used it (:func:`forward_order`). A layer's place is its
+            earliest parameter's. A layer without any entry (frozen in the pass that was read) follows the layer
+            registered before it, so layers unfrozen later land where the model defines them.
 
     Returns:
         The layers, input side first.
     """
     wanted = None if params is None else {id(p) for p in params}
+    seen: set[int] = set()
     groups: dict[str, list[nn.Parameter]] = {}
     for module_name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if wanted is None or id(p) in wanted]
+        own = [p for p in module.parameters(recurse=False) if (wanted is None or id(p) in wanted) and id(p) not in seen]
+        seen.update(id(p) for p in own)
         name = layer_name(module_name)
         if not own or not _selected(name, include, exclude):
             continue
         groups.setdefault(group_name(name, group_depth), []).extend(own)
     layers = [Layer(name, tuple(ps)) for name, ps in groups.items()]
-    if not depths:
+    if not order:
         return layers
-    position = {layer.name: i for i, layer in enumerate(layers)}
+    keys, previous = [], (-1, 0)
+    for index, layer in enumerate(layers):
+        known = [order[id(p)] for p in layer.params if id(p) in order]
+        previous = min(known) if known else previous
+        keys.append((previous, index))
+    return [layers[i] for _, i in sorted((key, i) for i, key in enumerate(keys))]
 
-    def farthest(layer: Layer) -> tuple[int, int]:
-        return max((depths.get(id(p), (-1, 0)) for p in layer.params), default=(-1, 0))
 
-    return sorted(layers, key=lambda layer: (tuple(-x for x in farthest(layer)), position[layer.name]))
+def forward_order(loss: torch.Tensor, aliases: Mapping[int, int] | None = None) -> dict[int, tuple[int, int]]:
+    """When the forward pass that produced ``loss`` first used each parameter: smaller is nearer the input.
 
+    The key is ``(sequence number, position)``: autograd numbers its nodes in the order the forward pass creates
+    them, and a parameter's key is that of the first node that consumed it, then its position among that node's
+    inputs. A ``torch.compile`` region is one node whose inputs are its parameters in forward first-use order, so
+    the position keeps the order inside it, and a compiled submodule keeps its place among eager ones. The graph
+    already holds the order, so no forward hooks are needed (they would change what ``torch.compile`` traces).
 
-def graph_depths(loss: torch.Tensor) -> dict[int, tuple[int, int]]:
-    """Where each parameter that ``loss`` depends on sits in the autograd graph: larger is nearer the input.
+    Args:
+        loss: The output of the forward pass.
+        aliases: ``id`` of a tensor the graph holds → ``id`` of the parameter it stands for (FSDP2 computes with
+            unsharded copies of its sharded parameters: :func:`~gradwatch.health.distributed.unsharded_aliases`).
 
-    The key is ``(depth, -position)``: the longest path from ``loss`` to the parameter, then (for ties) minus
-    its position among its parent node's inputs. Under ``torch.compile`` the whole network is one backward node
-    whose inputs are the parameters in forward first-use order, so the position keeps the forward order there.
-    The graph already holds the forward order, so no forward hooks are needed (they would change what
-    ``torch.compile`` traces). Parameters are keyed by ``id``.
+    Returns:
+        ``id(param)`` → its key.
     """
     root = loss.grad_fn
     if root is None:
         return {}
-    order, seen, stack = [], set(), [(root, False)]
-    while stack:  # iterative post-order DFS: a deep network's graph is deeper than Python's recursion limit
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.append((node, True))
-        stack.extend((child, False) for child, _ in node.next_functions if child is not None and child not in seen)
-    place = {root: (0, 0)}
-    for node in reversed(order):  # parents before children: longest distances settle in one pass
-        below = place.get(node, (0, 0))[0] + 1
+    aliases = aliases or {}
+    found: dict[int, tuple[int, int]] = {}
+    seen, stack = {root}, [root]
+    while stack:  # iterative: a deep network's graph is deeper than Python's recursion limit
+        node = stack.pop()
+        number = node._sequence_nr()
         for position, (child, _) in enumerate(node.next_functions):
-            if child is not None and place.get(child, (-1, 0)) < (below, -position):
-                place[child] = (below, -position)
-    return {id(node.variable): place[node] for node in order if hasattr(node, "variable")}
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                key = aliases.get(id(variable), id(variable))
+                found[key] = min(found.get(key, (number, position)), (number, position))
+            elif child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return found

@@ -132,7 +132,11 @@ class HealthDetector:
         if attenuation is not None and attenuation < -self.max_attenuation:
             last = m.grad_norm[measured][-1]
             low |= norms < last * 10.0**-self.max_attenuation
-            evidence = f"first layer's gradient norm is 10^{attenuation:.1f} of the last's"
+            evidence = (
+                f"first layer's gradient norm is 10^{attenuation:.1f} of the last's"
+                if np.isfinite(attenuation)
+                else "first layer's gradient is exactly zero"
+            )
         self.vanishing_streak = self.vanishing_streak + 1 if low.any() else 0
         if self.vanishing_streak < self.patience:
             return None

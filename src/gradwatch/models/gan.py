@@ -409,11 +409,12 @@ class GAN(GradwatchModule):
             return
         from torchvision.utils import make_grid
 
-        from gradwatch.callbacks.publish import log_images
+        from gradwatch.callbacks.publish import log_images, run_dir
 
+        folder = run_dir(self.trainer) / "samples"  # a collective under DDP: on every process, before rank 0 draws
         grid = make_grid(self.sample(SAMPLES, seed=0).add(1).div(2).clamp(0, 1), nrow=8, padding=1, pad_value=1.0)
         image = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # make_grid gives 3 channels
-        log_images(self.trainer, {"val/samples": image}, folder="samples")
+        log_images(self.trainer, {"val/samples": image}, folder)
 
     def _log_scores(self, stage: str, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> None:
         # Under the nonsaturating loss scores are logits, and D's probabilities read more plainly than logits.
