@@ -191,7 +191,9 @@ class GradientMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if type(trainer.strategy).__name__.startswith("DeepSpeed"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
             raise ConfigError(
                 "GradientMonitor: DeepSpeed is not supported: ZeRO keeps gradients in flat partitions, not per-layer"
                 " tensors, so per-layer norms would be wrong. Use FSDP (ModelParallelStrategy, or"
