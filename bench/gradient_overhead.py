@@ -70,7 +70,7 @@ How time is taken
     return from their hooks (on CUDA, ``--profile`` checks that they add no kernel and no sync).
 
     **Part 2, micro-benchmark.** After one forward and backward of the same CNN on one batch, with
-    ``stats = GradientStatistics(find_layers(model, depths=graph_depths(loss)))``, the median over
+    ``stats = GradientStatistics(find_layers(model, order=forward_order(loss)))``, the median over
     ``--micro-repeats`` interleaved repetitions (synchronized on CUDA) of:
 
     - ``foreach_norm``: ``torch.stack(torch._foreach_norm(grads)).cpu()``, the floor;
@@ -141,7 +141,7 @@ from typing_extensions import override
 
 import gradwatch
 from gradwatch.callbacks import GradientMonitor
-from gradwatch.health import GradientStatistics, find_layers, graph_depths
+from gradwatch.health import GradientStatistics, find_layers, forward_order
 
 SEED = 0
 LOG_EVERY_N_STEPS = 50  # the Trainer's, explicit: the model's own logging cadence, the same in every variant
@@ -357,9 +357,9 @@ def part_micro(args: argparse.Namespace) -> dict[str, float]:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
     loss = model.compute_loss(model(x), y)
-    depths = graph_depths(loss)
+    order = forward_order(loss)
     loss.backward()
-    stats = GradientStatistics(find_layers(model, depths=depths))
+    stats = GradientStatistics(find_layers(model, order=order))
     grads = [p.grad for p in stats.params if p.grad is not None]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     cuda = device.type == "cuda"

@@ -369,9 +369,12 @@ class GradientTracker:
         report = None
         if due:
             report = self._measure(group, step, own, clip)
-        elif self.config.nonfinite_guard and not group.stats.finite():
-            group.stats.discard_snapshot()
-            report = self._measure(group, step, own, clip)
+        elif self.config.nonfinite_guard:
+            if group.stats.finite():
+                group.skips = 0  # a finite step ends a run of skipped ones
+            else:
+                group.stats.discard_snapshot()
+                report = self._measure(group, step, own, clip)
         if report is not None:
             report.layout_changed = changed
         if snapshot:
