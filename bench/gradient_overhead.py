@@ -81,6 +81,13 @@ How time is taken
     ``measure()`` includes its host-side work (per-layer reduction in numpy, the :class:`Measurement`); logging
     is not part of it.
 
+    Each unit is timed twice per repetition: **hot**, right after the previous unit, and **cold**, after streaming
+    a buffer of 4× the L2 cache (``--flush-mb``) through the core, untimed. A 1.4 MB model fits in one core's L2,
+    so hot the floor reads gradients the previous repetition left in cache while ``measure()`` streams three times
+    as much (weights, gradients, updates) and no longer fits: the hot ratio says more about cache sizes than about
+    the monitor. In training the forward and backward passes between two logging steps evict the caches, so the
+    cold ratio is the one the 4× target is judged on; both are printed.
+
     **``--profile``.** On CUDA: the torch profiler over steps 1, 2, 48, 49, 50 and 51 (one profiler per step,
     from ``on_train_batch_start`` to ``on_train_batch_end``, synchronized at both ends), once without a monitor
     and once with ``GradientMonitor(log_every_n_steps=50)``, ``logger=False``. It counts CUDA kernels,
@@ -363,46 +370,52 @@ def part_micro(args: argparse.Namespace) -> dict[str, float]:
     grads = [p.grad for p in stats.params if p.grad is not None]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     cuda = device.type == "cuda"
+    scratch = torch.ones(args.flush_mb * 2**20 // 4, device=device)
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    def timed(fn: Callable[[], Any]) -> float:
+    def timed(fn: Callable[[], Any], cold: bool) -> float:
+        if cold:
+            scratch.mul_(1.0)  # stream the buffer through the cache, evicting what the last unit left there
         sync()
         start = time.perf_counter()
         fn()
         sync()
         return time.perf_counter() - start
 
-    samples: dict[str, list[float]] = {"foreach_norm": [], "measure": [], "snapshot": [], "measure_update": []}
+    keys = ("foreach_norm", "measure", "snapshot", "measure_update")
+    samples: dict[str, list[float]] = {f"{key}{suffix}": [] for key in keys for suffix in ("", "_cold")}
 
-    def floor() -> None:
-        samples["foreach_norm"].append(timed(lambda: torch.stack(torch._foreach_norm(grads)).cpu()))
+    def floor(suffix: str) -> None:
+        t = timed(lambda: torch.stack(torch._foreach_norm(grads)).cpu(), bool(suffix))
+        samples[f"foreach_norm{suffix}"].append(t)
 
-    def plain() -> None:
-        samples["measure"].append(timed(stats.measure))
+    def plain(suffix: str) -> None:
+        samples[f"measure{suffix}"].append(timed(stats.measure, bool(suffix)))
 
-    def with_update() -> None:
-        samples["snapshot"].append(timed(stats.snapshot))
+    def with_update(suffix: str) -> None:
+        samples[f"snapshot{suffix}"].append(timed(stats.snapshot, bool(suffix)))
         optimizer.step()
-        samples["measure_update"].append(timed(stats.measure))
+        samples[f"measure_update{suffix}"].append(timed(stats.measure, bool(suffix)))
 
-    units = (floor, plain, with_update)
+    units = [(unit, suffix) for suffix in ("", "_cold") for unit in (floor, plain, with_update)]
     warm = max(10, args.micro_repeats // 20)
     for i in range(warm + args.micro_repeats):
-        for unit in units[i % 3 :] + units[: i % 3]:
-            unit()
+        for unit, suffix in units[i % len(units) :] + units[: i % len(units)]:
+            unit(suffix)
     med = {key: 1e6 * statistics.median(values[warm:]) for key, values in samples.items()}
-    med["update_total"] = med["snapshot"] + med["measure_update"]
+    for suffix in ("", "_cold"):
+        med[f"update_total{suffix}"] = med[f"snapshot{suffix}"] + med[f"measure_update{suffix}"]
 
     n_params = sum(g.numel() for g in grads)
     print()
     print(
         f"micro-benchmark: {len(grads)} gradients ({n_params:,} elements, {len(stats.layers)} layers),"
-        f" median of {args.micro_repeats} interleaved repetitions"
+        f" median of {args.micro_repeats} interleaved repetitions; cold: after streaming {args.flush_mb} MB"
     )
-    print(f"{'':52}{'µs':>10}{'× foreach_norm':>16}")
+    print(f"{'':52}{'hot µs':>10}{'× floor':>10}{'cold µs':>10}{'× floor':>10}")
     rows = (
         ("foreach_norm", "torch.stack(torch._foreach_norm(grads)).cpu()"),
         ("measure", "measure(), no update ratio"),
@@ -411,7 +424,11 @@ def part_micro(args: argparse.Namespace) -> dict[str, float]:
         ("update_total", "snapshot() + measure(): one default logging step"),
     )
     for key, label in rows:
-        print(f"{label:52}{med[key]:10.1f}{med[key] / med['foreach_norm']:16.2f}")
+        cells = "".join(
+            f"{med[key + suffix]:10.1f}{med[key + suffix] / med['foreach_norm' + suffix]:10.2f}"
+            for suffix in ("", "_cold")
+        )
+        print(f"{label:52}{cells}")
     return med
 
 
@@ -548,11 +565,12 @@ def verdicts(summary: dict[str, Any], micro: dict[str, float]) -> dict[str, bool
         ("measure_update", "with update ratio, snapshot (the step before) excluded"),
         ("measure", "without update ratio"),
     ):
-        factor = micro[key] / micro["foreach_norm"]
+        factor = micro[f"{key}_cold"] / micro["foreach_norm_cold"]
+        hot = micro[key] / micro["foreach_norm"]
         results[f"micro_{key}"] = factor <= TARGET_MICRO
         print(
             f"{'PASS' if factor <= TARGET_MICRO else 'FAIL'}: one logging step's statistics {label}:"
-            f" {factor:.2f}× one foreach_norm pass (target <= {TARGET_MICRO:.0f}×)"
+            f" {factor:.2f}× one foreach_norm pass, cold caches (target <= {TARGET_MICRO:.0f}×; hot: {hot:.2f}×)"
         )
     return results
 
@@ -569,6 +587,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=8, help="side of the random RGB images (default: 8)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default: 1)")
+    parser.add_argument(
+        "--flush-mb", type=int, default=16, help="buffer streamed before each cold micro timing (default: 16, 4× L2)"
+    )
     parser.add_argument("--profile", action="store_true", help="also profile (kernel counts on CUDA, cProfile on CPU)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute; numbers meaningless")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every measurement here")

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from typing_extensions import override
 
 from gradwatch.callbacks.gradient_monitor import GradientMonitor
+from gradwatch.callbacks.publish import run_dir
 from gradwatch.errors import ConfigError
 from gradwatch.sweep.local import ROOT_DIR_ENV
 
@@ -104,7 +105,7 @@ class GradwatchCLI(LightningCLI):
         import torch
 
         # `log_dir` is a collective under DDP: every process asks for it before rank 0 alone writes.
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        root = run_dir(self.trainer)
         batches = self.trainer.predict_loop.predictions
         if not batches or not self.trainer.is_global_zero:
             return self._finish()

@@ -71,6 +71,7 @@ def test_layers_follow_the_trainable_parameters_and_param_groups():
     (group,) = [tracker.watch(optimizer)]
     reports = train(tracker, model, optimizer, 2)
     assert group.names == ("2", "4")
+    assert reports[0].layout_changed  # the first layout
     assert not reports[1].layout_changed
     # Unfrozen and added as a param group, as BaseFinetuning does: measured from the next step, in forward order.
     for p in model[0].parameters():
@@ -255,3 +256,26 @@ def test_bad_configuration_names_the_argument(args, param):
     with pytest.raises(ConfigError) as info:
         TrackerConfig(**args)
     assert info.value.param == param
+
+
+def test_fsdp1_flat_parameters_are_refused_with_the_fix():
+    from torch.distributed.fsdp._flat_param import FlatParameter
+
+    flat = FlatParameter(torch.zeros(8), requires_grad=True)  # what FSDP1 without use_orig_params optimizes
+    with pytest.raises(ConfigError, match=r"create the strategy with use_orig_params=True"):
+        GradientTracker(net()).watch(torch.optim.SGD([flat], lr=0.1))
+
+
+def test_a_layout_change_between_measurements_is_reported_at_the_next_one():
+    model = net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = GradientTracker(model, TrackerConfig(every=3))  # measures at 0, 3, 6; snapshots at 2, 5
+    group = tracker.watch(optimizer)
+    assert sorted(train(tracker, model, optimizer, 4)) == [0, 3]
+    for p in model[4].parameters():
+        p.requires_grad_(False)  # noticed at the snapshot step 5, reported at step 6
+    reports = train(tracker, model, optimizer, 4, start=4)
+    assert sorted(reports) == [6]
+    assert reports[6].layout_changed
+    assert group.names == ("0", "2")
+    assert reports[6].measurement.update_norm is not None  # the snapshot was taken with the new layout

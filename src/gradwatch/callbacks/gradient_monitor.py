@@ -96,7 +96,7 @@ class GradientMonitor(Callback):
 
     Raises:
         ConfigError: a bad argument; the message names it and the valid values. At fit start, also watch patterns
-            that match no layer, and a DeepSpeed strategy.
+            that match no layer, a DeepSpeed strategy and FSDP1 without ``use_orig_params=True``.
 
     Example::
 
@@ -207,7 +207,10 @@ class GradientMonitor(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         every = self.log_every_n_steps or trainer.log_every_n_steps or 1
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self.tracker = GradientTracker(pl_module, dataclasses.replace(self.config, every=every), scaler=scaler)
+        # FSDP1 wraps the LightningModule from outside: its sharding is found on the strategy's model.
+        root = trainer.strategy.model if isinstance(trainer.strategy.model, torch.nn.Module) else None
+        config = dataclasses.replace(self.config, every=every)
+        self.tracker = GradientTracker(pl_module, config, scaler=scaler, root=root)
         self._flow_step = None
         for optimizer, name in zip(trainer.optimizers, _optimizer_names(pl_module, trainer.optimizers), strict=True):
             self.tracker.watch(optimizer, name)

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gradwatch.errors import ConfigError
+
 
 class Sharding:
     """How a group of parameters is spread over processes, and the one collective that makes local sums global.
@@ -55,11 +57,15 @@ class Sharding:
 
     @classmethod
     def of(cls, params: Sequence[nn.Parameter], model: nn.Module | None = None) -> Sharding:
-        """The sharding of ``params`` (one optimizer's), as FSDP2 or FSDP1 laid them out in ``model``.
+        """The sharding of ``params`` (one optimizer's), as FSDP2 or FSDP1 laid them out.
+
+        Args:
+            params: The parameters.
+            model: The outermost module (FSDP1's wrappers are looked for among its modules).
 
         Raises:
-            ValueError: parameters that cannot be measured whole: FSDP1's flat parameters (without
-                ``use_orig_params=True``), ``DTensor`` s on different meshes, or partial (unreduced) placements.
+            ValueError: parameters that cannot be measured whole: ``DTensor`` s on different meshes, partial
+                (unreduced) placements, FSDP1 hybrid sharding.
         """
         from torch.distributed.tensor import DTensor
 
@@ -128,31 +134,40 @@ def _product(values: Any) -> int:
     return result
 
 
-def _fsdp1_group(model: nn.Module, params: Sequence[nn.Parameter]) -> Any:
-    """FSDP1's process group when it shards ``params``, else ``None``.
+def check_measurable(params: Sequence[nn.Parameter]) -> None:
+    """Refuse parameters whose per-layer norms cannot be measured.
 
     Raises:
-        ValueError: FSDP1 flat parameters (``use_orig_params=False``): they hold many layers each.
+        ConfigError: FSDP1 flat parameters (``use_orig_params=False``), which merge many layers into one tensor.
     """
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
-    except ImportError:  # pragma: no cover - torch without distributed support
-        return None
-    wrappers = [m for m in model.modules() if isinstance(m, FullyShardedDataParallel)]
-    if not wrappers:
-        return None
-    flat = [p for p in params if type(p).__name__ == "FlatParameter"]
-    if flat:
-        raise ValueError(
+    if any(getattr(p, "_is_flat_param", False) for p in params):  # what `isinstance(p, FlatParameter)` checks
+        raise ConfigError(
             "FSDP flat parameters merge many layers into one tensor: create the strategy with use_orig_params=True"
             " (Lightning: FSDPStrategy(use_orig_params=True)), or use FSDP2 (ModelParallelStrategy)"
         )
+
+
+def _fsdp1_group(model: nn.Module, params: Sequence[nn.Parameter]) -> Any:
+    """FSDP1's process group when it shards ``params`` (``use_orig_params=True`` views), else ``None``.
+
+    FSDP1 marks the original parameters it flattened; their process group and sharding strategy are the wrappers'
+    (found among ``model``'s modules: pass the outermost one, which Lightning's FSDPStrategy puts around the
+    LightningModule).
+
+    Raises:
+        ValueError: hybrid sharding (pieces spread over two groups at once).
+    """
+    if not any(getattr(p, "_fsdp_flattened", False) for p in params):
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+
+    wrappers = [m for m in model.modules() if isinstance(m, FullyShardedDataParallel)]
     strategies = {m.sharding_strategy for m in wrappers}
-    if strategies <= {ShardingStrategy.NO_SHARD}:
+    if strategies and strategies <= {ShardingStrategy.NO_SHARD}:
         return None
     if strategies & {ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2}:
         raise ValueError("FSDP1 hybrid sharding is not supported: use FSDP2 (fully_shard with a 2-d mesh)")
-    return wrappers[0].process_group
+    return wrappers[0].process_group if wrappers else dist.group.WORLD
 
 
 def unsharded_aliases(model: nn.Module) -> dict[int, int]:

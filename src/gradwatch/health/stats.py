@@ -157,68 +157,69 @@ class GradientStatistics:
         """
         params = self._locals()
         present, grads = self._grads()
-        update = self._snapshot is not None
-        if update:
-            torch._foreach_sub_(self._snapshot, params)  # before − after: the update, in the snapshot's memory
+        updates = self._snapshot or []
+        self._snapshot = None
+        if updates:
+            torch._foreach_sub_(updates, params)  # before − after: the update, in the snapshot's memory
         if self.sharding.sharded:
-            host = self._reduced(params, present, grads, update, extra)
+            host = self._reduced(updates, params, present, grads, extra)
         else:
-            tensors = [*params, *grads, *(self._snapshot if update else ())]
-            # One fused norm over weights, gradients and updates, accumulated in float32 whatever their dtype.
+            # One fused norm over updates, weights and gradients, accumulated in float32 whatever their dtype. The
+            # updates go first: the subtraction just wrote them, so they are still in cache.
+            tensors = [*updates, *params, *grads]
             parts = [torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))]
             if self.histograms and grads:
                 parts.append(torch.cat([self._histogram(g) for g in grads]))
             if extra:
                 parts.append(torch.stack([e.float().reshape(()) for e in extra]))
             host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy()  # the one device → host copy
-        self._snapshot = None
-        return self._unpack(host, present if not self.sharding.sharded else None, update, len(extra))
+        return self._unpack(host, present if not self.sharding.sharded else None, bool(updates), len(extra))
 
     def _reduced(
         self,
+        updates: list[torch.Tensor],
         params: list[torch.Tensor],
         present: list[int],
         grads: list[torch.Tensor],
-        update: bool,
         extra: Sequence[torch.Tensor],
     ) -> np.ndarray:
         """The sharded layout, summed over processes in one all-reduce.
 
-        Per parameter (an absent gradient as zeros): squared norms of this process's pieces, gradient presence and
-        histogram counts, scaled by ``1 / copies``.
+        Per parameter (an absent gradient as zeros): squared norms of this process's pieces of the update, the
+        weights and the gradient, gradient presence and histogram counts, all scaled by ``1 / copies``.
         """
         n, device = len(params), params[0].device
         scale = self.sharding.scale(device)
-        norms = torch.stack(torch._foreach_norm(params, 2, dtype=torch.float32))
-        grad_norms = torch.zeros(n, dtype=torch.float32, device=device)
+        squares = torch.stack(torch._foreach_norm([*updates, *params], 2, dtype=torch.float32)).square()
+        grad_squares = torch.zeros(n, dtype=torch.float32, device=device)
         has = torch.zeros(n, dtype=torch.float32, device=device)
         if grads:
             index = torch.tensor(present, device=device)
-            grad_norms.index_copy_(0, index, torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+            grad_squares.index_copy_(0, index, torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+            grad_squares.square_()
             has.index_fill_(0, index, 1.0)
-        parts = [norms.square() * scale, grad_norms.square() * scale, has]
-        if update:
-            parts.append(torch.stack(torch._foreach_norm(self._snapshot, 2, dtype=torch.float32)).square() * scale)
+        parts = [squares * scale.repeat(2 if updates else 1), grad_squares * scale, has]
         if self.histograms:
-            bins = len(HISTOGRAM_EDGES)
-            counts = torch.zeros(n, bins, dtype=torch.float32, device=device)
+            counts = torch.zeros(n, len(HISTOGRAM_EDGES), dtype=torch.float32, device=device)
             if grads:
                 counts[index] = torch.stack([self._histogram(g) for g in grads])
             parts.append((counts * scale[:, None]).flatten())
         packed = self.sharding.sum(torch.cat(parts))  # the one collective
-        squares, reduced = 3 * n + (n if update else 0), packed.clone()
-        reduced[: 2 * n] = reduced[: 2 * n].sqrt()
-        if update:
-            reduced[3 * n : squares] = reduced[3 * n : squares].sqrt()
+        norms = squares.numel() + n  # the updates', weights' and gradients' squared norms: back to norms
+        packed[:norms] = packed[:norms].sqrt()
         if extra:
-            reduced = torch.cat([reduced, torch.stack([e.float().reshape(()) for e in extra])])
-        return reduced.cpu().numpy()  # the one device → host copy
+            packed = torch.cat([packed, torch.stack([e.float().reshape(()) for e in extra])])
+        return packed.cpu().numpy()  # the one device → host copy
 
     def _unpack(self, host: np.ndarray, present: list[int] | None, update: bool, extras: int) -> Measurement:
         """Per-layer statistics from the packed per-parameter vector (``present=None``: the sharded layout)."""
-        n_layers, n_params = len(self.layers), len(self.params)
-        param_norm = _per_layer_norm(host[:n_params], self.layer_of, n_layers)
-        offset = n_params
+        n_layers, n_params, offset = len(self.layers), len(self.params), 0
+        update_norm = None
+        if update:
+            update_norm = _per_layer_norm(host[:n_params], self.layer_of, n_layers)
+            offset = n_params
+        param_norm = _per_layer_norm(host[offset : offset + n_params], self.layer_of, n_layers)
+        offset += n_params
         if present is None:  # sharded: every parameter has a slot, and a presence count after the norms
             norms, has_param = host[offset : offset + n_params], host[offset + n_params : offset + 2 * n_params] > 0
             present = [int(i) for i in np.flatnonzero(has_param)]
@@ -230,10 +231,6 @@ class GradientStatistics:
         has_grad = np.bincount(index, minlength=n_layers) > 0
         if present:
             grad_norm[has_grad] = _per_layer_norm(grad_values, index, n_layers)[has_grad]
-        update_norm = None
-        if update:
-            update_norm = _per_layer_norm(host[offset : offset + n_params], self.layer_of, n_layers)
-            offset += n_params
         histograms = None
         if self.histograms and present:
             bins = len(HISTOGRAM_EDGES)  # the zero bucket, then len(edges) - 1 bins

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gradwatch.errors import ConfigError, unknown_choice
-from gradwatch.health.distributed import Sharding, unsharded_aliases
+from gradwatch.health.distributed import Sharding, check_measurable, unsharded_aliases
 from gradwatch.health.layers import check_patterns, find_layers, forward_order
 from gradwatch.health.stats import GradientStatistics, Measurement
 from gradwatch.health.verdicts import Finding, HealthDetector, Verdict
@@ -125,7 +125,7 @@ class Report:
         drop_gradients: Whether the gradients must not reach the weights (non-finite under skip, stop, raise).
         scaler_skips: Steps the GradScaler skipped since the previous measurement, this one included (``None``
             without a scaler).
-        layout_changed: Whether the watched layers changed since the previous measurement.
+        layout_changed: Whether the watched layers changed since the previous measurement (or this is the first).
     """
 
     group: TrackedGroup
@@ -174,6 +174,7 @@ class TrackedGroup:
     signature: tuple[int, ...] | None = None
     found_inf: list[torch.Tensor] = field(default_factory=list)
     reorder: bool = False
+    layout_changed: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -255,6 +256,8 @@ class GradientTracker:
         config: What to measure and how to act on it.
         scaler: A ``torch.amp.GradScaler`` that may skip steps (fp16): its skips are counted, and non-finite
             gradients are a verdict only once its scale has fallen to 1 or below (it can do no more).
+        root: The outermost module training runs, when a wrapper holds ``model`` from outside (Lightning's
+            ``trainer.strategy.model`` under FSDP1): where FSDP1's sharding is looked up. ``model`` by default.
 
     Example::
 
@@ -275,10 +278,18 @@ class GradientTracker:
         ([True, False, True, False], ('0', '2'))
     """
 
-    def __init__(self, model: nn.Module, config: TrackerConfig | None = None, *, scaler: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrackerConfig | None = None,
+        *,
+        scaler: Any = None,
+        root: nn.Module | None = None,
+    ) -> None:
         self.model = model
         self.config = config or TrackerConfig()
         self.scaler = scaler
+        self.root = root if root is not None else model
         self._groups: dict[int, TrackedGroup] = {}
         self._order: dict[int, tuple[int, int]] = {}
         # Parameters whose place in the forward order is unknown, and the graphs read without finding them.
@@ -296,7 +307,12 @@ class GradientTracker:
         return [finding for group in self._groups.values() for finding in group.findings]
 
     def watch(self, optimizer: torch.optim.Optimizer, name: str = "") -> TrackedGroup:
-        """Track ``optimizer``'s parameters as one group, named ``name`` in metric keys and messages."""
+        """Track ``optimizer``'s parameters as one group, named ``name`` in metric keys and messages.
+
+        Raises:
+            ConfigError: parameters that cannot be measured per layer (FSDP1 flat parameters).
+        """
+        check_measurable([p for g in optimizer.param_groups for p in g["params"]])
         group = TrackedGroup(name, HealthDetector(**self.config.thresholds), optimizer=optimizer)
         self._groups[id(optimizer)] = group
         return group
@@ -363,7 +379,7 @@ class GradientTracker:
         snapshot = self.config.update_ratio and (own + 1) % every == 0
         if not (due or snapshot or self.config.nonfinite_guard):
             return None
-        changed = self._refresh(group)
+        self._refresh(group)
         if group.stats is None:
             return None
         report = None
@@ -375,35 +391,35 @@ class GradientTracker:
             else:
                 group.stats.discard_snapshot()
                 report = self._measure(group, step, own, clip)
-        if report is not None:
-            report.layout_changed = changed
         if snapshot:
             group.stats.snapshot()
         return report
 
-    def _refresh(self, group: TrackedGroup) -> bool:
+    def _refresh(self, group: TrackedGroup) -> None:
         """Lay the group's layers out again if its trainable parameters changed (or their order became known)."""
         assert group.optimizer is not None
         params = _trainable(group.optimizer)
         signature = (len(group.optimizer.param_groups), *map(id, params))
         if signature == group.signature and not group.reorder:
-            return False
+            return
         if signature != group.signature:  # parameters added to the optimizer later are looked for in the graph
             self._wanted.update((id(p), p) for p in params if id(p) not in self._order)
         group.signature, group.reorder = signature, False
         layers = self._find(params)
         flat = [p for layer in layers for p in layer.params]
-        names = tuple(layer.name for layer in layers)
-        if group.stats is not None and flat == group.stats.params and group.stats.names == names:
-            return False
+        if group.stats is not None and (group.stats.names, list(map(id, group.stats.params))) == (
+            tuple(layer.name for layer in layers),
+            list(map(id, flat)),
+        ):
+            return
+        group.layout_changed = True
         if not layers:
             group.stats = None
-            return True
+            return
         group.stats = GradientStatistics(
-            layers, histograms=self.config.histograms, sharding=Sharding.of(flat, self.model)
+            layers, histograms=self.config.histograms, sharding=Sharding.of(flat, self.root)
         )
         group.order = _merge_order(group.order, list(group.stats.names))
-        return True
 
     def _measure(self, group: TrackedGroup, step: int, own: int, clip: float | None) -> Report:
         assert group.stats is not None
@@ -415,7 +431,8 @@ class GradientTracker:
         group.record(step, m)
         if clip and m.total_norm > clip:
             group.clipped += 1
-        report = Report(group, step, m, updates=own)
+        report = Report(group, step, m, updates=own, layout_changed=group.layout_changed)
+        group.layout_changed = False
         if self.scaler is not None:
             report.scaler_skips = round(m.extra[0]) if found_inf else 0
         verdicts = {f.verdict for f in findings}
