@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/lightning_overhead.py
 	$(BIN)/python bench/augment_throughput.py
 	$(BIN)/python bench/gradient_overhead.py
+	$(BIN)/python bench/fsdp_overhead.py
 	$(BIN)/python bench/sweep_overhead.py
 	$(BIN)/python bench/report_speed.py
 

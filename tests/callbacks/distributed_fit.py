@@ -21,21 +21,23 @@ import argparse
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).parents[1]))  # run as a script too: the tests' shared helpers
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from typing_extensions import override
 
+from collectives import Collectives
 from gradwatch import CNN
 from gradwatch.callbacks import ActivationMonitor, GradientMonitor
 
@@ -43,19 +45,6 @@ torch.set_num_threads(1)
 
 #: The layer NaNs are put into.
 NAN_LAYER = "backbone.stem.conv"
-
-
-class Collectives(TorchDispatchMode):
-    """Counts the ``c10d`` collectives dispatched while active (all-reduce, all-gather, broadcast...)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if "c10d" in str(func):
-            self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 class CountedGradientMonitor(GradientMonitor):

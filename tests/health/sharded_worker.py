@@ -21,23 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from collectives import Collectives
 from gradwatch.health import GradientStatistics, Layer, find_layers
 from gradwatch.health.distributed import Sharding
-
-
-class Collectives(TorchDispatchMode):
-    """Counts the ``c10d`` collectives dispatched while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if "c10d" in str(func):
-            self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def model_with_gradients() -> nn.Module:
