@@ -105,6 +105,32 @@ def measure_pieces(layers: list[Layer], sharding: Sharding) -> dict[str, Any]:
     return result
 
 
+def refused_layouts() -> dict[str, str]:
+    """What ``Sharding.of`` says of layouts it cannot measure whole: a Partial placement, two meshes."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Partial, Shard, distribute_tensor
+
+    from gradwatch.errors import ConfigError
+
+    first = init_device_mesh("cpu", (dist.get_world_size(),))
+    second = init_device_mesh("cpu", (1, dist.get_world_size()))
+    layouts = {
+        "partial": [nn.Parameter(distribute_tensor(torch.ones(4), first, [Partial()]))],
+        "two meshes": [
+            nn.Parameter(distribute_tensor(torch.ones(4), first, [Shard(0)])),
+            nn.Parameter(distribute_tensor(torch.ones(4), second, [Shard(0), Shard(0)])),
+        ],
+    }
+    said = {}
+    for name, params in layouts.items():
+        try:
+            Sharding.of(params)
+            said[name] = "accepted"
+        except ConfigError as err:
+            said[name] = str(err)
+    return said
+
+
 def run(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -124,7 +150,7 @@ def run(rank: int, world: int, port: int, out: str) -> None:
         fsdp1 = measure_pieces(flat, Sharding([p for layer in flat for p in layer.params], dist.group.WORLD))
         dtensors = dtensor_pieces(model)
         fsdp2 = measure_pieces(dtensors, Sharding.of([p for layer in dtensors for p in layer.params]))
-        record = {"reference": reference, "fsdp1": fsdp1, "fsdp2": fsdp2}
+        record = {"reference": reference, "fsdp1": fsdp1, "fsdp2": fsdp2, "refused": refused_layouts()}
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
     finally:
         dist.destroy_process_group()

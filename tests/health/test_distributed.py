@@ -48,3 +48,10 @@ def test_a_nan_in_one_piece_is_seen_by_every_process(records, layout):
         nan = record[layout]["nan_measurement"]
         assert np.isnan(nan["grad_norm"][0])
         assert nan["nonfinite"] == [1, 0, 0]
+
+
+@pytest.mark.slow
+def test_layouts_that_cannot_be_measured_whole_are_refused(records):
+    refused = records[0]["refused"]
+    assert refused["partial"] == "a parameter with a Partial placement (unreduced values) has no norm to measure"
+    assert refused["two meshes"].startswith("parameters on several device meshes")

@@ -213,7 +213,10 @@ class GradientMonitor(Callback):
         self.tracker = GradientTracker(pl_module, config, scaler=scaler, root=root)
         self._flow_step = None
         for optimizer, name in zip(trainer.optimizers, _optimizer_names(pl_module, trainer.optimizers), strict=True):
-            self.tracker.watch(optimizer, name)
+            try:
+                self.tracker.watch(optimizer, name)
+            except ConfigError as err:
+                raise ConfigError(f"GradientMonitor: {err}", param=err.param) from err
         if not any(self.tracker.layers_of(optimizer) for optimizer in trainer.optimizers):
             raise ConfigError(
                 f"GradientMonitor: no module with trainable parameters matches include={list(self.config.include)}"

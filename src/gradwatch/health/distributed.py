@@ -19,6 +19,7 @@ values every process agrees on (step counts, reduced norms).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,7 +65,7 @@ class Sharding:
             model: The outermost module (FSDP1's wrappers are looked for among its modules).
 
         Raises:
-            ValueError: parameters that cannot be measured whole: ``DTensor`` s on different meshes, partial
+            ConfigError: parameters that cannot be measured whole: ``DTensor`` s on different meshes, partial
                 (unreduced) placements, FSDP1 hybrid sharding.
         """
         from torch.distributed.tensor import DTensor
@@ -78,27 +79,27 @@ class Sharding:
     def _of_dtensors(cls, params: Sequence[nn.Parameter], dtensors: list[Any]) -> Sharding:
         from torch.distributed.tensor import DTensor, Partial, Replicate
 
-        meshes = {id(p.device_mesh): p.device_mesh for p in dtensors}
+        meshes = {p.device_mesh for p in dtensors}  # equal meshes (the same ranks and shape) are one
         if len(meshes) > 1:
-            raise ValueError(
-                "parameters on several device meshes: gradwatch sums sharded statistics over one mesh; watch each"
-                " mesh's parameters with their own optimizer"
+            raise ConfigError(
+                "parameters on several device meshes: gradwatch sums sharded statistics over one"
+                " mesh; give each mesh's parameters their own optimizer"
             )
-        (mesh,) = meshes.values()
+        (mesh,) = meshes
         if any(isinstance(placement, Partial) for p in dtensors for placement in p.placements):
-            raise ValueError("a parameter with a Partial placement (unreduced values) has no norm to measure")
+            raise ConfigError("a parameter with a Partial placement (unreduced values) has no norm to measure")
         if mesh.ndim == 1:
             group = mesh.get_group()
         elif mesh.size() == dist.get_world_size():
             group = dist.group.WORLD
         else:
-            raise ValueError(f"a {mesh.ndim}-d device mesh over part of the processes is not supported: {mesh}")
+            raise ConfigError(f"a {mesh.ndim}-d device mesh over part of the processes is not supported: {mesh}")
         size = mesh.size()
         copies = []
         for p in params:
             if isinstance(p, DTensor):
                 copies.append(
-                    _product(mesh.size(dim) for dim, pl in enumerate(p.placements) if isinstance(pl, Replicate))
+                    math.prod(mesh.size(dim) for dim, pl in enumerate(p.placements) if isinstance(pl, Replicate))
                 )
             else:  # a plain parameter next to sharded ones: every process of the mesh holds it whole
                 copies.append(size)
@@ -127,13 +128,6 @@ class Sharding:
         return all_gather(packed, self.group) if self.group is not None else packed.unsqueeze(0)
 
 
-def _product(values: Any) -> int:
-    result = 1
-    for value in values:
-        result *= value
-    return result
-
-
 def check_measurable(params: Sequence[nn.Parameter]) -> None:
     """Refuse parameters whose per-layer norms cannot be measured.
 
@@ -155,7 +149,7 @@ def _fsdp1_group(model: nn.Module, params: Sequence[nn.Parameter]) -> Any:
     LightningModule).
 
     Raises:
-        ValueError: hybrid sharding (pieces spread over two groups at once).
+        ConfigError: hybrid sharding (pieces spread over two groups at once).
     """
     if not any(getattr(p, "_fsdp_flattened", False) for p in params):
         return None
@@ -166,7 +160,7 @@ def _fsdp1_group(model: nn.Module, params: Sequence[nn.Parameter]) -> Any:
     if strategies and strategies <= {ShardingStrategy.NO_SHARD}:
         return None
     if strategies & {ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2}:
-        raise ValueError("FSDP1 hybrid sharding is not supported: use FSDP2 (fully_shard with a 2-d mesh)")
+        raise ConfigError("FSDP1 hybrid sharding is not supported: use FSDP2 (fully_shard with a 2-d mesh)")
     return wrappers[0].process_group if wrappers else dist.group.WORLD
 
 

@@ -310,9 +310,12 @@ class GradientTracker:
         """Track ``optimizer``'s parameters as one group, named ``name`` in metric keys and messages.
 
         Raises:
-            ConfigError: parameters that cannot be measured per layer (FSDP1 flat parameters).
+            ConfigError: parameters that cannot be measured per layer (FSDP1 flat parameters) or whole (DTensors on
+                several meshes, partial placements, FSDP1 hybrid sharding).
         """
-        check_measurable([p for g in optimizer.param_groups for p in g["params"]])
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        check_measurable(params)
+        Sharding.of(params, self.root)  # a layout that cannot be measured whole fails here, before training
         group = TrackedGroup(name, HealthDetector(**self.config.thresholds), optimizer=optimizer)
         self._groups[id(optimizer)] = group
         return group
