@@ -518,7 +518,10 @@ def profile_cuda(args: argparse.Namespace, loader: DataLoader, tmp: Path) -> dic
 
 
 def profile_cpu(bench: Bench) -> None:
-    pattern = r"gradient_monitor|health/stats|callbacks/publish|wandb_torch|wandb_run|utilities/grads|loggers/wandb"
+    pattern = (
+        r"gradient_monitor|health/stats|health/tracker|gradwatch/loggers|wandb_torch|wandb_run|utilities/grads"
+        r"|loggers/wandb"
+    )
     for key in ("gm1", "watch1"):
         profiler = cProfile.Profile()
         profiler.enable()

@@ -411,8 +411,7 @@ def _write_study(folder: Path, trials: list[tuple[Run, dict[str, float], float |
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from gradwatch.sweep.local import SWEEP_FILE
-    from gradwatch.sweep.metrics import health_summary
+    from gradwatch.rundir import SWEEP_FILE, Metrics, health_summary
     from gradwatch.sweep.results import collect, save
     from gradwatch.sweep.spec import parse_sweep
 
@@ -431,7 +430,7 @@ def _write_study(folder: Path, trials: list[tuple[Run, dict[str, float], float |
     frozen = []
     for run, health, metric in trials:
         run_dir = folder / "runs" / run.run_id
-        summary = health_summary({key: [value] for key, value in health.items()})
+        summary = health_summary(Metrics(np.zeros(1), {key: np.array([value]) for key, value in health.items()}))
         outcome: dict[str, Any] = {"exit_code": 0, "seconds": round(float(12 + run.depth * 0.3 + rng.random()), 1)}
         outcome["health"] = summary
         if metric is None:

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import column, read_metrics
-from gradwatch.cli import main
+from gradwatch.cli.fit import main
 from wandb_records import config, exit_code, history, run_file
 
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]

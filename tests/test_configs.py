@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import column, read_metrics
-from gradwatch.cli import main
+from gradwatch.cli.fit import main
 
 STACKS = sorted((Path(__file__).parents[1] / "callbacks").glob("*.yaml"))
 

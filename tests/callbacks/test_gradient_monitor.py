@@ -431,13 +431,13 @@ def test_include_exclude_and_grouping(tmp_path):
 
 
 def test_works_without_any_logger_and_draws_nothing_nobody_receives(tmp_path, monkeypatch):
-    import gradwatch.health.flow
+    import gradwatch.callbacks.flow
 
     def never(*args, **kwargs):
         raise AssertionError("a gradient-flow image was drawn for nobody")
 
-    monkeypatch.setattr(gradwatch.health.flow, "flow_bars", never)
-    monkeypatch.setattr(gradwatch.health.flow, "flow_heatmap", never)
+    monkeypatch.setattr(gradwatch.callbacks.flow, "flow_bars", never)
+    monkeypatch.setattr(gradwatch.callbacks.flow, "flow_heatmap", never)
     monitor = GradientMonitor(log_every_n_steps=1, flow_every_n_epochs=0)
     trainer = fit(
         tmp_path, CNN(depth=2, width=4), digits(), monitor, max_steps=2, logger=False, default_root_dir=tmp_path

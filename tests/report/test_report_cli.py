@@ -95,7 +95,7 @@ def test_find_raises_a_config_error_naming_the_path(tmp_path):
 
 def test_the_report_command_imports_no_torch_lightning_or_wandb():
     code = (
-        "import sys; import gradwatch.report.cli, gradwatch.report.page, gradwatch.report.figures; "
+        "import sys; import gradwatch.cli.report, gradwatch.report.page, gradwatch.report.figures; "
         "print(sorted(m for m in ('torch', 'lightning', 'wandb', 'plotly') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,8 +12,9 @@ import pytest
 
 from gradwatch.report import figures
 from gradwatch.report.page import PLOTLY_JS
-from gradwatch.report.runs import Run, Sweep, read_metrics_csv
+from gradwatch.report.runs import Run, Sweep
 from gradwatch.report.summary import common_ground, sweep_summary
+from gradwatch.rundir import read_metrics
 
 
 def decode(typed):
@@ -136,7 +137,7 @@ def test_a_healthy_sweep_says_so(tmp_path):
 def test_metrics_csv_cells_left_empty_read_as_not_logged(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,train/loss,val/acc\n0,0,2.0,\n0,0,,0.5\n,1,1.5,\n")
-    metrics = read_metrics_csv(path)
+    metrics = read_metrics(path)
     assert metrics.series("train/loss")[1].tolist() == [2.0, 1.5]
     assert metrics.series("val/acc")[0].tolist() == [0]
     assert metrics.last("missing") is None

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gradwatch.cli.check import check_parameters, gradwatch_args
 from gradwatch.sweep import SweepError, load_sweep
-from gradwatch.sweep.check import check_parameters, gradwatch_args
 from gradwatch.sweep.spec import parse_sweep
 
 CONFIGS = Path(__file__).parents[2] / "sweeps" / "configs"

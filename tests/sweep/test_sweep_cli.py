@@ -82,7 +82,7 @@ def test_agent_without_an_account_says_how_to_log_in(tmp_path):
 
 def test_import_gradwatch_and_the_sweep_command_stay_light():
     code = (
-        "import sys, gradwatch, gradwatch.sweep, gradwatch.sweep.cli, gradwatch.commands;"
+        "import sys, gradwatch, gradwatch.sweep, gradwatch.cli.sweep, gradwatch.cli;"
         "print(sorted(m for m in ('wandb', 'optuna', 'plotly', 'torch', 'lightning') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -11,11 +11,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from gradwatch.callbacks.publish import log_metrics, logging_step
 from gradwatch.errors import ConfigError
 from gradwatch.health.activations import ActivationSampler, find_activations
 from gradwatch.health.distributed import all_gather, process_count
 from gradwatch.health.layers import check_patterns
+from gradwatch.loggers import log_metrics, logging_step
 
 
 class ActivationMonitor(Callback):

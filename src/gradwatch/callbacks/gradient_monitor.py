@@ -14,11 +14,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
-from gradwatch.callbacks.publish import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step, run_dir
 from gradwatch.errors import ConfigError
 from gradwatch.health import Finding, Verdict, advise
 from gradwatch.health.tracker import GradientTracker, Report, TrackerConfig
-from gradwatch.sweep.metrics import LAYERS_KEY
+from gradwatch.loggers import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step, run_dir
+from gradwatch.rundir import FLOW_DIR, LAYERS_KEY
 
 # Verdicts are one line each on stderr (logging's last-resort handler when the user configured none), not warnings,
 # which would print the source line under them.
@@ -201,7 +201,7 @@ class GradientMonitor(Callback):
             )
         # Resolved here, on every process: `trainer.log_dir` is a collective under DDP, so asking for it later on
         # rank 0 alone would hang or kill the run. Without any logger nobody would receive the images.
-        self._flow_folder = run_dir(trainer) / "gradient-flow" if trainer.loggers else None
+        self._flow_folder = run_dir(trainer) / FLOW_DIR if trainer.loggers else None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -358,7 +358,7 @@ class GradientMonitor(Callback):
         self._flow_step = logging_step(trainer)
         if self.tracker is None or self._flow_folder is None or not trainer.is_global_zero:
             return
-        from gradwatch.health.flow import flow_bars, flow_heatmap
+        from gradwatch.callbacks.flow import flow_bars, flow_heatmap
 
         images = {}
         for group in self.tracker.groups:

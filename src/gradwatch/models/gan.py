@@ -25,6 +25,7 @@ from gradwatch.layers import (
 )
 from gradwatch.layers.init import INITS
 from gradwatch.models.base import GradwatchModule, check_positive
+from gradwatch.rundir import SAMPLES_DIR
 
 GANLoss = Literal["nonsaturating", "hinge", "wgan-gp"]
 LOSSES: tuple[str, ...] = get_args(GANLoss)
@@ -409,9 +410,9 @@ class GAN(GradwatchModule):
             return
         from torchvision.utils import make_grid
 
-        from gradwatch.callbacks.publish import log_images, run_dir
+        from gradwatch.loggers import log_images, run_dir
 
-        folder = run_dir(self.trainer) / "samples"  # a collective under DDP: on every process, before rank 0 draws
+        folder = run_dir(self.trainer) / SAMPLES_DIR  # a collective under DDP: on every process, before rank 0 draws
         grid = make_grid(self.sample(SAMPLES, seed=0).add(1).div(2).clamp(0, 1), nrow=8, padding=1, pad_value=1.0)
         image = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # make_grid gives 3 channels
         log_images(self.trainer, {"val/samples": image}, folder)

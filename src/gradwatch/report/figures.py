@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.report.runs import Run, Sweep, natural_key
+from gradwatch.report.runs import Run, Sweep
+from gradwatch.rundir import natural_key
 
 #: Most points a line keeps (min and max of each bin, so spikes survive thinning).
 LINE_POINTS = 300

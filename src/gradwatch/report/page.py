@@ -19,7 +19,7 @@ from typing import Any
 from gradwatch.report import figures as fig
 from gradwatch.report.runs import Collection, Run, Sweep
 from gradwatch.report.summary import runs_summary, sweep_summary
-from gradwatch.sweep.metrics import describe_health
+from gradwatch.rundir import describe_health
 
 #: Largest GAN sample grid inlined into a run's section (a 64-run sweep of large grids would outgrow the page).
 MAX_SAMPLES_BYTES = 256 * 1024

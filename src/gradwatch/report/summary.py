@@ -12,7 +12,7 @@ from typing import Any
 
 from gradwatch.report.figures import is_number, short
 from gradwatch.report.runs import Run, Sweep
-from gradwatch.sweep.metrics import VERDICTS
+from gradwatch.rundir import VERDICTS
 
 _PAST = {"vanishing": "vanished", "exploding": "exploded", "nonfinite": "went non-finite"}
 

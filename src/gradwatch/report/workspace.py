@@ -15,8 +15,7 @@ import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 
 from gradwatch.errors import ConfigError, unknown_choice
-from gradwatch.sweep.metrics import VERDICTS
-from gradwatch.sweep.spec import GOALS
+from gradwatch.rundir import GOALS, VERDICTS
 
 #: Lightning's ``WandbLogger`` logs every metric against the optimizer step under this key.
 STEP = "trainer/global_step"
@@ -64,7 +63,7 @@ def build_workspace(
         entity: W&B entity (user or team) that owns the workspace.
         project: W&B project of the runs.
         name: The workspace's name; ``gradwatch: <sweep, group or project>`` when ``None``.
-        layers: The measured layers, input → output (:func:`gradwatch.report.runs.read_layers`). Per-layer panels
+        layers: The measured layers, input → output (:func:`gradwatch.rundir.read_layers`). Per-layer panels
             list one line per layer in this order. Empty: the panels select their keys by regular expression
             (``^grad/norm/.*``), and W&B then lists the layers alphabetically.
         parameters: The swept parameters' dotted names (``model.depth``), as the sweep file writes them.

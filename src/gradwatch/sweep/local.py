@@ -25,13 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from gradwatch.rundir import (
+    METRICS_FILE,
+    ROOT_DIR_ENV,
+    RUNS_DIR,
+    STUDY_FILE,
+    SWEEP_FILE,
+    health_summary,
+    read_metrics,
+    trial_files,
+)
 from gradwatch.sweep.command import expand_command
-from gradwatch.sweep.metrics import health_summary, read_metrics
 from gradwatch.sweep.spec import SweepError, SweepSpec
 from gradwatch.sweep.workers import visible_gpus, worker_env
-
-#: The sweep file as it runs (JSON, which is YAML), in the sweep folder.
-SWEEP_FILE = "sweep.yaml"
 
 #: Seconds between heartbeats of running trials; a trial silent for GRACE_PERIOD is taken as interrupted.
 HEARTBEAT_INTERVAL = 10
@@ -39,9 +45,6 @@ GRACE_PERIOD = 60
 #: Seconds a trial gets to finish after SIGTERM before SIGKILL (as ``wandb agent`` waits).
 KILL_DELAY = 30
 POLL_INTERVAL = 0.5
-#: Where a trial writes its run folder (``<root>/<WANDB_RUN_ID>/metrics.csv``); ``gradwatch fit`` reads it as the
-#: default of ``--trainer.default_root_dir``. Besides W&B's variables, the one thing a trial's program must honour.
-ROOT_DIR_ENV = "GRADWATCH_ROOT_DIR"
 
 
 @dataclass
@@ -99,7 +102,7 @@ class LocalSweep:
         self.total = self._total(count)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.folder)
-        self.storage_url = storage or f"sqlite:///{(self.folder / 'sweep.db').resolve()}"
+        self.storage_url = storage or f"sqlite:///{(self.folder / STUDY_FILE).resolve()}"
         self._shared = storage is not None
         self.study = self._open_study()
         self._space = self._distributions()
@@ -127,7 +130,7 @@ class LocalSweep:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         if not self._shared:
-            _sqlite_wal(self.folder / "sweep.db")
+            _sqlite_wal(self.folder / STUDY_FILE)
         try:
             storage = optuna.storages.RDBStorage(
                 self.storage_url,
@@ -260,12 +263,11 @@ class LocalSweep:
 
         params = {name: trial.params[name] for name in self.spec.parameters}
         run_id = fresh_run_id()
-        runs = self.folder / "runs"
+        runs = self.folder / RUNS_DIR
         run_dir = runs / run_id
         run_dir.mkdir(parents=True)
         # As `wandb agent` does: the parameters as a W&B config file (loaded and locked by `wandb.init`) and as JSON.
-        config_file = self.folder / "trials" / f"config-{run_id}.yaml"
-        json_file = config_file.with_suffix(".json")
+        config_file, json_file = trial_files(self.folder, run_id)
         config_file.parent.mkdir(exist_ok=True)
         config = {name: {"value": value} for name, value in params.items()}
         config["sweep_name"] = {"value": self.spec.name}
@@ -329,14 +331,14 @@ class LocalSweep:
         if self.spec.early_terminate is None or r.pruned_at is not None:
             return
         try:  # a long run's CSV is large: read it again only when it changed
-            stat = (r.run_dir / "metrics.csv").stat()
+            stat = (r.run_dir / METRICS_FILE).stat()
         except FileNotFoundError:
             return
         if (stat.st_mtime_ns, stat.st_size) == r.csv_stamp:
             return
         r.csv_stamp = (stat.st_mtime_ns, stat.st_size)
         name = self.spec.metric.name
-        values = read_metrics(r.run_dir / "metrics.csv", [name]).get(name, [])
+        values = read_metrics(r.run_dir / METRICS_FILE).values(name)
         rungs = [step for step in range(r.reported, len(values)) if self._is_rung(step)]
         r.reported = len(values)
         for step in rungs:
@@ -362,12 +364,12 @@ class LocalSweep:
 
         r.log.close()
         self._running.remove(r)
-        columns = read_metrics(r.run_dir / "metrics.csv")
+        metrics = read_metrics(r.run_dir / METRICS_FILE)
         trial, seconds = r.trial, time.monotonic() - r.started
         # One write: each storage transaction costs the controller milliseconds.
-        outcome = {"exit_code": code, "seconds": round(seconds, 1), "health": health_summary(columns)}
+        outcome = {"exit_code": code, "seconds": round(seconds, 1), "health": health_summary(metrics)}
         metric = self.spec.metric
-        values = columns.get(metric.name, []) if metric is not None else []
+        values = metrics.values(metric.name) if metric is not None else []
         if r.pruned_at is None and not (code == 0 and (metric is None or values)):
             outcome["error"] = f"exit code {code}" if code else f"{metric.name} was never logged"
         trial.set_user_attr("outcome", outcome)

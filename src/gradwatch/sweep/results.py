@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gradwatch.sweep.metrics import describe_health
+from gradwatch.rundir import RESULTS_CSV, RESULTS_JSON, describe_health, ranked
 from gradwatch.sweep.spec import SweepSpec
 
 
@@ -44,7 +44,7 @@ _STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNIN
 
 
 def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
-    """The study's trials as results, best first by the sweep's metric; failed and unfinished trials last."""
+    """The study's trials as results, best first (:func:`gradwatch.rundir.ranked`: by state, then the metric)."""
     from gradwatch.sweep.local import interrupted
 
     rows = []
@@ -71,9 +71,9 @@ def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
                 error=(outcome or {}).get("error"),
             )
         )
-    sign = -1.0 if spec.metric is not None and spec.metric.goal == "maximize" else 1.0
-    rank = {"finished": 0, "pruned": 1, "running": 2, "failed": 3, "interrupted": 4}
-    return sorted(rows, key=lambda r: (r.metric is None, sign * (r.metric or 0.0), rank[r.state], r.trial))
+    rows.sort(key=lambda r: r.trial)
+    goal = spec.metric.goal if spec.metric is not None else "minimize"
+    return ranked(rows, value=lambda r: r.metric, state=lambda r: r.state, goal=goal)
 
 
 def _last_intermediate(trial: Any) -> float | None:
@@ -83,7 +83,7 @@ def _last_intermediate(trial: Any) -> float | None:
 
 def save(results: list[TrialResult], folder: Path) -> tuple[Path, Path]:
     """Write ``results.csv`` (one column per parameter) and ``results.json`` into ``folder``."""
-    csv_path, json_path = folder / "results.csv", folder / "results.json"
+    csv_path, json_path = folder / RESULTS_CSV, folder / RESULTS_JSON
     json_path.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     names = list(results[0].params) if results else []
     with csv_path.open("w", newline="") as f:

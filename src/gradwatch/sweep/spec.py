@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.errors import ConfigError, unknown_choice
+from gradwatch.rundir import GOALS
 
 METHODS = ("grid", "random", "bayes")
-GOALS = ("minimize", "maximize")
 TOP_LEVEL_KEYS = (
     "program", "entity", "project", "description", "name", "method", "metric", "parameters", "early_terminate",
     "command", "run_cap", "controller", "job", "image_uri",

@@ -14,13 +14,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from typing_extensions import override
 
 from gradwatch.callbacks.gradient_monitor import GradientMonitor
-from gradwatch.callbacks.publish import run_dir
 from gradwatch.errors import ConfigError
-from gradwatch.sweep.local import ROOT_DIR_ENV
-
-DEFAULT_ROOT_DIR = "runs"
-#: Metric namespaces the gradient and activation monitors log under, one key per layer.
-MONITOR_NAMESPACES = {"gradients": ("grad/", "param/", "health/"), "activations": ("act/",)}
+from gradwatch.loggers import run_dir
+from gradwatch.rundir import MONITOR_NAMESPACES, root_dir
 
 
 class GradwatchCLI(LightningCLI):
@@ -117,11 +113,6 @@ class GradwatchCLI(LightningCLI):
     # LightningCLI calls `before_<subcommand>` and `after_<subcommand>` when they exist.
     before_fit = before_validate = before_test = before_predict = _check_data
     after_fit = after_validate = after_test = _finish
-
-
-def root_dir() -> str:
-    """The runs folder when none is configured: ``$GRADWATCH_ROOT_DIR`` (the local sweep engine's), else ``runs``."""
-    return os.environ.get(ROOT_DIR_ENV) or DEFAULT_ROOT_DIR
 
 
 class FitChecker:

@@ -66,8 +66,8 @@ def main(argv: list[str]) -> None:
 
 
 def _run(spec: SweepSpec, args: argparse.Namespace) -> int:
+    from gradwatch.cli.check import check_parameters
     from gradwatch.loggers import wandb_offline
-    from gradwatch.sweep.check import check_parameters
 
     local = args.local or args.storage is not None or wandb_offline()
     if local:
@@ -88,10 +88,7 @@ def _run_online(spec: SweepSpec, args: argparse.Namespace) -> int:
 
     online.require_login("an online sweep")
     path = online.create(spec, project=args.project, entity=args.entity)
-    print(
-        f"gradwatch sweep: created https://wandb.ai/{path.replace('/', '/', 1).rsplit('/', 1)[0]}/sweeps/"
-        f"{path.rsplit('/', 1)[1]}"
-    )
+    print(f"gradwatch sweep: created {online.sweep_url(path)}")
     print(f"gradwatch sweep: other machines join with: gradwatch sweep agent {path}", flush=True)
     return online.run_agents(path, count=args.count, workers=args.workers)
 
@@ -99,7 +96,7 @@ def _run_online(spec: SweepSpec, args: argparse.Namespace) -> int:
 def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from gradwatch.cli import root_dir
+    from gradwatch.rundir import root_dir
     from gradwatch.sweep.local import LocalSweep
     from gradwatch.sweep.results import collect, render, save
 

@@ -38,7 +38,7 @@ def check_parameters(spec: SweepSpec) -> str | None:
         SweepError: an unknown parameter name (with the closest valid one), a value the parser or the class
             rejects, or a metric the model never logs.
     """
-    from gradwatch.cli import FitChecker
+    from gradwatch.cli.fit import FitChecker
     from gradwatch.errors import ConfigError
 
     def argv(params: dict[str, Any]) -> list[str] | None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradwatch.health.flow import flow_bars, flow_heatmap
+from gradwatch.callbacks.flow import flow_bars, flow_heatmap
 
 NAMES = [f"backbone.stage{i // 4}.block{i % 4}.conv" for i in range(12)]
 STEPS = list(range(0, 400, 20))

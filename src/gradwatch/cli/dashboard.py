@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from gradwatch.errors import ConfigError
+from gradwatch.rundir import METRICS_FILE, SweepInfo, read_layers
 
 if TYPE_CHECKING:  # wandb_workspaces imports wandb: only where a workspace is built
     from wandb_workspaces.workspaces import Workspace
@@ -25,15 +26,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
-class _Sweep(NamedTuple):
-    """What the workspace shows of a sweep: its name, swept parameters and the metric it optimizes."""
-
-    name: str
-    parameters: list[str]
-    metric: str | None
-    goal: str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +98,7 @@ def _run(args: argparse.Namespace) -> None:
         args.project,
         name=args.name or (f"gradwatch: {sweep.name}" if sweep else None),
         layers=layers,
-        parameters=sweep.parameters if sweep else (),
+        parameters=sweep.axes if sweep else (),
         metric=sweep.metric if sweep else None,
         goal=sweep.goal if sweep else "minimize",
         sweep_id=sweep_id,
@@ -124,12 +116,9 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _layers(run_dir: Path) -> list[str]:
-    from gradwatch.report.runs import read_layers
-
-    try:
-        layers = read_layers(run_dir)
-    except ConfigError as exc:
-        raise ConfigError(f"--layers-from {exc}") from None
+    if not (run_dir / METRICS_FILE).is_file():
+        raise ConfigError(f"--layers-from {run_dir}: not a run folder (no {METRICS_FILE})")
+    layers = read_layers(run_dir)
     if not layers:
         raise ConfigError(
             f"--layers-from {run_dir}: the run recorded no layers (no gradwatch/layers in hparams.yaml, no grad/norm/* "
@@ -148,17 +137,14 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"--dry-run {path}: not writable")
 
 
-def _sweep_file(path: Path) -> _Sweep:
+def _sweep_file(path: Path) -> SweepInfo:
     from gradwatch.sweep.spec import load_sweep
 
     try:
-        spec = load_sweep(path)
+        spec = load_sweep(path)  # validated as `gradwatch sweep run` validates it
     except ConfigError as exc:
         raise ConfigError(f"--sweep-file {exc}") from None
-    # A constant is no axis: every run has the same value.
-    parameters = [name for name, p in spec.parameters.items() if p.distribution != "constant"]
-    metric = spec.metric
-    return _Sweep(spec.name, parameters, metric.name if metric else None, metric.goal if metric else "minimize")
+    return SweepInfo.from_config(spec.config, name=spec.name)
 
 
 def _require_login(args: argparse.Namespace) -> None:
@@ -186,7 +172,7 @@ def _sweep_id(text: str, entity: str, project: str) -> str:
     raise ConfigError(f"--sweep {text}: expected a sweep id, or {entity}/{project}/<id> (--entity and --project)")
 
 
-def _wandb_sweep(entity: str, project: str, sweep_id: str) -> _Sweep:
+def _wandb_sweep(entity: str, project: str, sweep_id: str) -> SweepInfo:
     """The parameters and metric of a sweep on W&B, from the sweep's config (the network)."""
     import wandb
 
@@ -197,14 +183,7 @@ def _wandb_sweep(entity: str, project: str, sweep_id: str) -> _Sweep:
         raise ConfigError(
             f"--sweep {sweep_id}: cannot read it from W&B ({entity}/{project}): {_first_line(exc)}"
         ) from None
-    parameters = config.get("parameters") or {}
-    metric = config.get("metric") or {}
-    return _Sweep(
-        sweep.name,
-        [name for name, p in parameters.items() if not (isinstance(p, dict) and "value" in p)],
-        metric.get("name"),
-        metric.get("goal", "minimize"),
-    )
+    return SweepInfo.from_config({**config, "name": sweep.name}, name=sweep_id)
 
 
 def _save(workspace: Workspace) -> str:
