@@ -30,3 +30,17 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> str:
     message = f"unknown {kind} {value!r}; valid: {', '.join(choices)}"
     close = difflib.get_close_matches(str(value), choices, n=1)
     return f"{message} (did you mean {close[0]!r}?)" if close else message
+
+
+def check_positive(owner: str, **values: int | float) -> None:
+    """Raise :class:`ConfigError` for the first value that is not ``>= 1``."""
+    for param, value in values.items():
+        if value < 1:
+            raise ConfigError(f"{owner}: {param} must be >= 1, got {value}", param=param)
+
+
+def check_probability(owner: str, **values: float) -> None:
+    """Raise :class:`ConfigError` for the first value outside ``[0, 1)``."""
+    for param, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{owner}: {param} must be in [0, 1), got {value}", param=param)

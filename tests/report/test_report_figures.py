@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from importlib import resources
 
@@ -12,7 +13,7 @@ import pytest
 
 from gradwatch.report import figures
 from gradwatch.report.page import PLOTLY_JS
-from gradwatch.report.runs import Run, Sweep
+from gradwatch.report.runs import Run, Sweep, find
 from gradwatch.report.summary import common_ground, sweep_summary
 from gradwatch.rundir import read_metrics
 
@@ -187,3 +188,30 @@ def test_a_sweep_of_continuous_values_lays_its_grid_out_best_first_eight_to_a_ro
     assert [trace["name"] for trace in grid["data"]] == [f"r{i}" for i in range(10)]
     rows = {grid["layout"][f"yaxis{'' if k == 1 else k}"]["domain"][1] for k in range(1, 11)}
     assert len(rows) == 2
+
+
+def write_trial(sweep_dir, run_id, acc, params):
+    """A trial's run folder and parameter file, as the local sweep engine leaves them."""
+    run_dir = sweep_dir / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    rows = "".join(f"{step},{value},0\n" for step, value in enumerate(acc))
+    (run_dir / "metrics.csv").write_text("step,val/acc,health/vanishing\n" + rows)
+    (sweep_dir / "trials").mkdir(exist_ok=True)
+    (sweep_dir / "trials" / f"config-{run_id}.json").write_text(json.dumps(params))
+    return str(run_dir)
+
+
+def test_the_best_run_is_a_finished_one_even_when_a_pruned_trial_logged_a_better_value(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    config = {"name": "lr", "metric": {"name": "val/acc", "goal": "maximize"}, "parameters": {"lr": {"values": [1]}}}
+    (sweep_dir / "runs").mkdir(parents=True)
+    (sweep_dir / "sweep.yaml").write_text(json.dumps(config))
+    results = [
+        {"run_dir": write_trial(sweep_dir, "pruned", [0.5, 0.95], {"lr": 0.1}), "state": "pruned"},
+        {"run_dir": write_trial(sweep_dir, "done", [0.4, 0.6, 0.8], {"lr": 0.01}), "state": "finished"},
+        {"run_dir": write_trial(sweep_dir, "broken", [0.99], {"lr": 1.0}), "state": "failed"},
+    ]
+    (sweep_dir / "results.json").write_text(json.dumps(results))
+    (sweep,) = find(sweep_dir).sweeps
+    assert [run.id for run in sweep.ranked()] == ["done", "pruned", "broken"]  # the sweep table's order
+    assert sweep_summary(sweep)[-1] == "Best val/acc: 0.8 (run done: lr 0.01)."

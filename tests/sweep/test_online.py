@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gradwatch.sweep import SweepError, load_sweep
-from gradwatch.sweep.online import agent_commands, require_login, sweep_config
+from gradwatch.sweep.online import agent_commands, require_login, sweep_config, sweep_url
 
 QUICKSTART = Path(__file__).parents[2] / "sweeps" / "quickstart.yaml"
 
@@ -48,3 +48,14 @@ def test_login_is_checked_offline(monkeypatch, tmp_path):
         require_login("an online sweep")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     require_login("an online sweep")
+
+
+def test_the_sweep_link_follows_the_server_the_client_talks_to(monkeypatch, tmp_path):
+    import wandb
+
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))  # no saved `wandb login --host`
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.delenv("WANDB_APP_URL", raising=False)
+    assert sweep_url("me/proj/abc") == f"{wandb.Settings().app_url}/me/proj/sweeps/abc"  # the client's cloud
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")  # a self-hosted server
+    assert sweep_url("me/proj/abc") == "https://wandb.example.com/me/proj/sweeps/abc"

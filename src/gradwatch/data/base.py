@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gradwatch.errors import ConfigError
-from gradwatch.models.base import check_positive
+from gradwatch.errors import ConfigError, check_positive
 
 
 def _is_fraction(split: int | float) -> bool:

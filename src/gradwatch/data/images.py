@@ -30,8 +30,7 @@ from gradwatch.data.augment import (
     to_unit_range,
 )
 from gradwatch.data.base import SplitDataModule, check_held_out, resolve_split, split_indices
-from gradwatch.errors import ConfigError
-from gradwatch.models.base import check_positive
+from gradwatch.errors import ConfigError, check_positive
 
 Split = Literal["train", "test"]
 

@@ -11,12 +11,13 @@ from typing_extensions import override
 
 from gradwatch.data.augment import to_unit_range
 from gradwatch.data.base import SplitDataModule, check_held_out
-from gradwatch.errors import ConfigError, unknown_choice
-from gradwatch.models.base import check_positive
-from gradwatch.models.supervised import Task
+from gradwatch.errors import ConfigError, check_positive, unknown_choice
 
 if TYPE_CHECKING:
     from gradwatch.data.images import DigitsDataModule
+
+#: What a sequence DataModule's targets are; the RNN picks its head and loss by it.
+Task = Literal["classification", "regression"]
 
 
 class SequenceDataModule(SplitDataModule):

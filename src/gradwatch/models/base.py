@@ -11,20 +11,6 @@ from typing_extensions import override
 from gradwatch.errors import ConfigError
 
 
-def check_positive(owner: str, **values: int | float) -> None:
-    """Raise :class:`ConfigError` for the first value that is not ``>= 1``."""
-    for param, value in values.items():
-        if value < 1:
-            raise ConfigError(f"{owner}: {param} must be >= 1, got {value}", param=param)
-
-
-def check_probability(owner: str, **values: float) -> None:
-    """Raise :class:`ConfigError` for the first value outside ``[0, 1)``."""
-    for param, value in values.items():
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{owner}: {param} must be in [0, 1), got {value}", param=param)
-
-
 class GradwatchModule(pl.LightningModule):
     """Base of :class:`~gradwatch.CNN`, :class:`~gradwatch.RNN` and :class:`~gradwatch.GAN`.
 

@@ -10,10 +10,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from typing_extensions import override
 
-from gradwatch.errors import ConfigError
+from gradwatch.errors import ConfigError, check_positive, check_probability
 from gradwatch.layers import ConvBlock, LayerType, activation_gain, get_act_layer, get_norm_layer, init_weights
 from gradwatch.layers.init import INITS
-from gradwatch.models.base import check_positive, check_probability
 from gradwatch.models.supervised import SupervisedModule
 
 

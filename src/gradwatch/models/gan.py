@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from typing_extensions import override
 
-from gradwatch.errors import ConfigError, unknown_choice
+from gradwatch.errors import ConfigError, check_positive, unknown_choice
 from gradwatch.layers import (
     NORMS,
     WEIGHT_NORMS,
@@ -24,7 +24,7 @@ from gradwatch.layers import (
     init_weights,
 )
 from gradwatch.layers.init import INITS
-from gradwatch.models.base import GradwatchModule, check_positive
+from gradwatch.models.base import GradwatchModule
 from gradwatch.rundir import SAMPLES_DIR
 
 GANLoss = Literal["nonsaturating", "hinge", "wgan-gp"]

@@ -9,10 +9,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from typing_extensions import override
 
-from gradwatch.errors import ConfigError, unknown_choice
+from gradwatch.errors import ConfigError, check_positive, check_probability, unknown_choice
 from gradwatch.layers import LayerType, RecurrentStack, activation_gain, get_act_layer, init_weights
 from gradwatch.layers.init import INITS
-from gradwatch.models.base import check_positive, check_probability
 from gradwatch.models.supervised import SupervisedModule, Task
 
 

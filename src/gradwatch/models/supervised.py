@@ -11,9 +11,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from gradwatch.data.sequences import Task
 from gradwatch.models.base import GradwatchModule
 
-Task = Literal["classification", "regression"]
 Stage = Literal["train", "val", "test"]
 STAGES: tuple[Stage, ...] = ("train", "val", "test")
 

@@ -99,10 +99,14 @@ def sweep_summary(sweep: Sweep) -> list[str]:
 def _best(sweep: Sweep) -> list[str]:
     if sweep.metric is None:
         return []
-    ranked = [run for run in sweep.ranked() if sweep.value(run) is not None]
-    if not ranked:
+    logged = [run for run in sweep.ranked() if sweep.value(run) is not None]
+    if not logged:
         return [f"No run has logged {sweep.metric} yet."]
-    best = ranked[0]
+    # A pruned or failed trial stopped before its end: its last value does not compete (the sweep table's rule).
+    ended = [run for run in logged if run.state in (None, "finished")]
+    if not ended:
+        return [f"No run has finished with {sweep.metric} yet."]
+    best = ended[0]
     settings = ", ".join(f"{short(name)} {best.params.get(name)}" for name in sweep.parameters if name in best.params)
     line = f"Best {sweep.metric}: {sweep.value(best):.4g} (run {best.id}"
     return [line + (f": {settings})." if settings else ").")]

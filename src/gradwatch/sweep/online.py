@@ -48,11 +48,18 @@ def create(spec: SweepSpec, *, project: str | None, entity: str | None) -> str:
 
 
 def sweep_url(sweep_path: str) -> str:
-    """The sweep's page in the W&B app this client talks to (``WANDB_BASE_URL`` for self-hosted servers)."""
+    """The sweep's page in the W&B app this client talks to.
+
+    That is the server ``wandb login --host`` saved, or ``WANDB_BASE_URL`` (a self-hosted server), or
+    ``WANDB_APP_URL``, read as ``wandb.init`` reads them; W&B's cloud otherwise.
+    """
     import wandb
 
+    settings = wandb.Settings()
+    settings.update_from_system_settings()
+    settings.update_from_env_vars(dict(os.environ))
     entity, project, sweep_id = sweep_path.split("/")
-    return f"{wandb.Settings().app_url}/{entity}/{project}/sweeps/{sweep_id}"
+    return f"{settings.app_url}/{entity}/{project}/sweeps/{sweep_id}"
 
 
 def agent(sweep_path: str, *, count: int | None) -> None:
