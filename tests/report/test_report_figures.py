@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gradwatch.report import figures
+from gradwatch.report import format as fmt
 from gradwatch.report.page import PLOTLY_JS
 from gradwatch.report.runs import Run, Sweep, find
 from gradwatch.report.summary import common_ground, sweep_summary
@@ -38,17 +39,17 @@ def write_run(folder, layers, norms, vanishing=0, params=None):
 
 
 def test_steps_travel_as_integers_and_values_as_float32():
-    assert figures.typed(np.array([0.0, 10.0, 60_000.0]))["dtype"] == "u2"
-    assert figures.typed(np.array([0.0, 100_000.0]))["dtype"] == "i4"
-    assert figures.typed(np.array([0.5, np.nan]))["dtype"] == "f4"
-    np.testing.assert_array_equal(decode(figures.typed(np.array([3.0, 7.0]))), [3, 7])
+    assert fmt.typed(np.array([0.0, 10.0, 60_000.0]))["dtype"] == "u2"
+    assert fmt.typed(np.array([0.0, 100_000.0]))["dtype"] == "i4"
+    assert fmt.typed(np.array([0.5, np.nan]))["dtype"] == "f4"
+    np.testing.assert_array_equal(decode(fmt.typed(np.array([3.0, 7.0]))), [3, 7])
 
 
 def test_thinning_keeps_the_spike_and_the_order():
     steps = np.arange(10_000, dtype=float)
     values = np.ones(10_000)
     values[7_777] = 1e6
-    kept_steps, kept = figures.thin(steps, values, points=100)
+    kept_steps, kept = fmt.thin(steps, values, points=100)
     assert len(kept) <= 100
     assert 1e6 in kept
     assert np.all(np.diff(kept_steps) > 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -77,12 +77,6 @@ def flow_bars(
             f"and {len(peak)} max_abs values"
         )
     n = len(names)
-
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, NullLocator
-    from matplotlib.transforms import blended_transform_factory
-
     fig = _figure(width=float(np.clip(6.0 + 0.06 * n, 8.0, 12.0)), height=6.0)
     ax = fig.add_subplot()
     ax.set_title(title, loc="left", fontsize=11)
@@ -92,13 +86,23 @@ def flow_bars(
     if n == 0:
         _no_data(ax)
         return _render(fig, ax)
-
     bad = ~np.isfinite(mean) | ~np.isfinite(peak)
     kinds = ["/".join(dict.fromkeys(_kind(v) for v in (peak[i], mean[i]) if not np.isfinite(v))) for i in range(n)]
     mean, peak = np.abs(mean), np.abs(peak)
-    positive = np.concatenate([mean, peak])
-    positive = positive[np.isfinite(positive) & (positive > 0)]
-    if positive.size:  # whole decades, with room below the smallest bar (else it has no height) and above
+    low = _log_axis(ax, np.concatenate([mean, peak]), n)
+    _bars(ax, mean, peak, bad, low)
+    _nonfinite_labels(ax, kinds)
+    _layer_ticks(ax, "x", names, room_px=fig.get_figwidth() * DPI * 0.85)
+    _bars_legend(ax, zero=bool(((mean == 0) | (peak == 0)).any()), bad=bool(bad.any()))
+    return _render(fig, ax)
+
+
+def _log_axis(ax: Axes, values: np.ndarray, n: int) -> float:
+    """Whole decades around the positive finite ``values``, room below the smallest bar; returns the bottom."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size:  # with room below the smallest bar (else it has no height) and above the largest
         low = 10.0 ** max(-300, math.floor(math.log10(positive.min()) - 0.1))
         high = 10.0 ** min(300, math.ceil(math.log10(positive.max()) + 0.1))
     else:
@@ -110,8 +114,19 @@ def flow_bars(
     ax.set_xlim(-0.6, n - 0.4)
     ax.grid(axis="y", which="major", color="#e0e0e0", linewidth=0.8)
     ax.set_axisbelow(True)
-    columns = blended_transform_factory(ax.transData, ax.transAxes)  # x in layers, y from 0 (bottom) to 1 (top)
+    return low
 
+
+def _columns(ax: Axes) -> Any:
+    """The transform of marks placed by layer along x and from 0 (the axis' bottom) to 1 (its top) along y."""
+    from matplotlib.transforms import blended_transform_factory
+
+    return blended_transform_factory(ax.transData, ax.transAxes)
+
+
+def _bars(ax: Axes, mean: np.ndarray, peak: np.ndarray, bad: np.ndarray, low: float) -> None:
+    """Max and mean bars, red columns where a value is not finite, crosses at the bottom for zeros."""
+    n, columns = len(mean), _columns(ax)
     # One collection per kind of mark rather than a patch per bar: hundreds of patches cost more than the plot.
     x = np.arange(n)
     if bad.any():
@@ -123,7 +138,6 @@ def flow_bars(
         ax.add_collection(
             _boxes(x[drawn], width, low, values[drawn], transform=ax.transData, color=color), autolim=False
         )
-
     zero = (mean == 0) | (peak == 0)
     if n <= 60:  # mean and max side by side; with many layers one mark per column reads better
         marks = np.concatenate([x[peak == 0] - 0.2, x[mean == 0] + 0.2])
@@ -131,7 +145,10 @@ def flow_bars(
     else:
         ax.plot(x[zero], np.full(zero.sum(), 0.025), "x", color=ZERO_COLOR, markersize=4, transform=columns)
 
-    # One label per run of columns with the same non-finite kinds: a model that blew up gets one "nan", not 200.
+
+def _nonfinite_labels(ax: Axes, kinds: list[str]) -> None:
+    """One label per run of columns with the same non-finite kinds: a model that blew up gets one "nan", not 200."""
+    n, columns = len(kinds), _columns(ax)
     label_size = 8 if n <= 40 else 6
     start = 0
     while start < n:
@@ -153,12 +170,15 @@ def flow_bars(
             )
         start = stop
 
-    _layer_ticks(ax, "x", names, room_px=fig.get_figwidth() * DPI * 0.85)
+
+def _bars_legend(ax: Axes, *, zero: bool, bad: bool) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     handles = [Patch(color=MAX_COLOR, label="max |grad|"), Patch(color=MEAN_COLOR, label="mean |grad|")]
-    if zero.any():
+    if zero:
         handles.append(Line2D([], [], marker="x", linestyle="", color=ZERO_COLOR, label="zero"))
-    if bad.any():
+    if bad:
         handles.append(Patch(color=NONFINITE_COLOR, alpha=0.25, label="nan / inf"))
     ax.legend(
         handles=handles,
@@ -171,7 +191,6 @@ def flow_bars(
         handlelength=1.2,
         columnspacing=1.2,
     )
-    return _render(fig, ax)
 
 
 def flow_heatmap(

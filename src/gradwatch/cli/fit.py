@@ -16,7 +16,7 @@ from typing_extensions import override
 from gradwatch.callbacks.gradient_monitor import GradientMonitor
 from gradwatch.errors import ConfigError
 from gradwatch.loggers import run_dir
-from gradwatch.rundir import MONITOR_NAMESPACES, root_dir
+from gradwatch.rundir import MONITOR_NAMESPACES, VERDICTS, root_dir, verdict_key
 
 
 class GradwatchCLI(LightningCLI):
@@ -73,11 +73,8 @@ class GradwatchCLI(LightningCLI):
         wandb_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
         scores = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
         parts = [", ".join(f"{k} {float(v):.4g}" for k, v in sorted(scores.items()))] if scores else []
-        verdicts = {
-            k.removeprefix("health/"): int(v)
-            for k, v in self.trainer.callback_metrics.items()
-            if k in ("health/vanishing", "health/exploding", "health/nonfinite")
-        }
+        logged = self.trainer.callback_metrics
+        verdicts = {v: int(logged[verdict_key(v)]) for v in VERDICTS if verdict_key(v) in logged}
         if verdicts:  # the GradientMonitor's last word: how many layers each verdict named at the last measurement
             named = ", ".join(f"{verdict} in {n} layers" for verdict, n in verdicts.items() if n)
             parts.append(f"gradients: {named}" if named else "gradients healthy")

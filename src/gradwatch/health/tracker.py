@@ -30,6 +30,18 @@ from gradwatch.health.distributed import Sharding, check_measurable, unsharded_a
 from gradwatch.health.layers import check_patterns, find_layers, forward_order
 from gradwatch.health.stats import GradientStatistics, Measurement
 from gradwatch.health.verdicts import Finding, HealthDetector, Verdict
+from gradwatch.rundir import (
+    ATTENUATION,
+    CLIP_NORM,
+    CLIP_RATE,
+    GRAD_NONFINITE,
+    GRAD_NORM,
+    GRAD_NORM_TOTAL,
+    PARAM_NORM,
+    SCALER_SKIPS,
+    UPDATE_RATIO,
+    verdict_key,
+)
 
 #: What each verdict may trigger; ``skip`` (skip the optimizer step) only makes sense for non-finite gradients.
 ACTIONS = ("warn", "alert", "stop", "raise")
@@ -489,23 +501,23 @@ class GradientTracker:
         ratio = m.update_ratio
         for i, name in enumerate(m.names):
             if m.measured[i]:
-                metrics[f"grad/norm/{name}"] = m.grad_norm[i]
+                metrics[GRAD_NORM + name] = m.grad_norm[i]
                 if ratio is not None:
-                    metrics[f"grad/update_ratio/{name}"] = ratio[i]
-            metrics[f"param/norm/{name}"] = m.param_norm[i]
+                    metrics[UPDATE_RATIO + name] = ratio[i]
+            metrics[PARAM_NORM + name] = m.param_norm[i]
             if m.nonfinite[i]:
-                metrics[f"grad/nonfinite/{name}"] = m.nonfinite[i]
-        metrics[f"grad/norm_total{suffix}"] = m.total_norm
+                metrics[GRAD_NONFINITE + name] = m.nonfinite[i]
+        metrics[GRAD_NORM_TOTAL + suffix] = m.total_norm
         if m.attenuation is not None:
-            metrics[f"health/attenuation{suffix}"] = m.attenuation
+            metrics[ATTENUATION + suffix] = m.attenuation
         if clip:
-            metrics[f"grad/clip_norm{suffix}"] = clip
-            metrics[f"grad/clip_rate{suffix}"] = report.group.clipped / report.group.measured
+            metrics[CLIP_NORM + suffix] = clip
+            metrics[CLIP_RATE + suffix] = report.group.clipped / report.group.measured
         if report.scaler_skips is not None:
-            metrics[f"grad/scaler_skips{suffix}"] = report.scaler_skips
+            metrics[SCALER_SKIPS + suffix] = report.scaler_skips
         findings = self.findings
         for verdict in Verdict:
-            metrics[f"health/{verdict.value}"] = sum(len(f.layers) for f in findings if f.verdict is verdict)
+            metrics[verdict_key(verdict.value)] = sum(len(f.layers) for f in findings if f.verdict is verdict)
         return {key: float(value) for key, value in metrics.items()}
 
     def state_dict(self) -> dict[str, Any]:

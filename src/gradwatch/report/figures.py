@@ -7,96 +7,44 @@ long series are thinned to what a chart a few hundred pixels wide can show.
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from gradwatch.report.format import (
+    axis_positions,
+    base_layout,
+    format_value,
+    label_key,
+    layer_colours,
+    note,
+    short,
+    thin,
+    typed,
+    viridis,
+)
 from gradwatch.report.runs import Run, Sweep
-from gradwatch.rundir import natural_key
+from gradwatch.rundir import (
+    ACT_DEAD,
+    ACT_SATURATED,
+    GRAD_NORM,
+    MONITOR_NAMESPACES,
+    UPDATE_RATIO,
+    VERDICTS,
+    natural_key,
+    verdict_key,
+)
 
-#: Most points a line keeps (min and max of each bin, so spikes survive thinning).
-LINE_POINTS = 300
 #: Most step columns of a run's gradient-flow heatmap, and of each small multiple in a sweep's grid.
 HEATMAP_COLUMNS = 200
 GRID_COLUMNS = 60
 #: Colours of verdicts, where they are marked.
-VERDICT_COLOURS = {"vanishing": "#3b6fb6", "exploding": "#d9534f", "nonfinite": "#8e44ad"}
+VERDICT_COLOURS = dict(zip(VERDICTS, ("#3b6fb6", "#d9534f", "#8e44ad"), strict=True))
 #: How many values a parameter may take and still be a row or column of the sweep's grid.
 MAX_FACET_VALUES = 8
 
 Figure = dict[str, Any]
-
-
-def typed(values: np.ndarray) -> dict[str, Any]:
-    """A plotly.js typed array, base64, with its shape when it has two dimensions.
-
-    Whole numbers (steps) go as 16- or 32-bit integers, everything else as float32: steps are half of a chart's
-    data, and this keeps a 64-run report under 15 MB.
-    """
-    values = np.asarray(values)
-    dtype = "<f4"
-    if values.size and np.isfinite(values).all() and np.array_equal(values, np.round(values)):
-        if values.min() >= 0 and values.max() < 2**16:
-            dtype = "<u2"
-        elif abs(values).max() < 2**31:
-            dtype = "<i4"
-    array = np.ascontiguousarray(values, dtype=dtype)
-    encoded: dict[str, Any] = {"dtype": dtype[1:], "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
-    if array.ndim == 2:
-        encoded["shape"] = f"{array.shape[0]},{array.shape[1]}"
-    return encoded
-
-
-def thin(steps: np.ndarray, values: np.ndarray, points: int = LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``points`` points of a series: each bin's lowest and highest value, in step order, so spikes survive."""
-    n = len(values)
-    if n <= points:
-        return steps, values
-    bins = points // 2
-    size = -(-n // bins)
-    padded = np.full(bins * size, np.nan)
-    padded[:n] = values
-    chunks = padded.reshape(bins, size)
-    offsets = np.arange(bins) * size
-    low = offsets + np.argmin(np.where(np.isnan(chunks), np.inf, chunks), axis=1)
-    high = offsets + np.argmax(np.where(np.isnan(chunks), -np.inf, chunks), axis=1)
-    index = np.unique(np.concatenate([low, high]))  # sorted; a bin whose low is its high gives one point
-    index = index[index < n]
-    return steps[index], values[index]
-
-
-_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
-
-
-def viridis(positions: Sequence[float]) -> list[str]:
-    """Viridis colours at ``positions`` in [0, 1], as ``#rrggbb``: the heatmaps' scale, so colours mean one thing."""
-    stops = np.linspace(0, 1, len(_VIRIDIS))
-    colours = []
-    for t in positions:
-        rgb = [round(float(np.interp(t, stops, _VIRIDIS[:, c]))) for c in range(3)]
-        colours.append("#{:02x}{:02x}{:02x}".format(*rgb))
-    return colours
-
-
-def layer_colours(count: int) -> list[str]:
-    """``count`` colours from input (dark blue) to output (yellow), so depth reads as a gradient."""
-    return viridis(np.linspace(0, 1, count)) if count > 1 else viridis([0.0])[:count]
-
-
-def _layout(title: str, **extra: Any) -> dict[str, Any]:
-    layout: dict[str, Any] = {
-        "title": {"text": title, "x": 0.01, "font": {"size": 14}},
-        "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
-        "height": 320,
-        "hovermode": "closest",
-        "legend": {"font": {"size": 10}},
-        "font": {"family": "system-ui, sans-serif", "size": 11},
-    }
-    layout.update(extra)
-    return layout
 
 
 def flow_matrix(run: Run, columns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +55,7 @@ def flow_matrix(run: Run, columns: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         The bins' mean steps and the ``(layers, bins)`` matrix (NaN where a layer was not measured).
     """
-    keys = [f"grad/norm/{layer}" for layer in run.layers]
+    keys = [f"{GRAD_NORM}{layer}" for layer in run.layers]
     if not keys:
         return np.empty(0), np.empty((0, 0))
     table = np.stack([run.metrics.columns[key] for key in keys])
@@ -134,17 +82,12 @@ def _mean_by(matrix: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
 
 
 def verdict_spans(run: Run, limit: int = 40) -> dict[str, list[tuple[float, float]]]:
-    """Per verdict, the step ranges over which a run's health named it (counts summed over a GAN's networks)."""
+    """Per verdict, the step ranges over which a run's health named it."""
     spans: dict[str, list[tuple[float, float]]] = {}
-    for verdict in VERDICT_COLOURS:
-        keys = [key for key in run.metrics.columns if key.split("/")[:2] == ["health", verdict]]
-        if not keys:
-            continue
-        values = np.nansum(np.stack([run.metrics.columns[k] for k in keys]), axis=0)
-        logged = ~np.isnan(np.stack([run.metrics.columns[k] for k in keys])).all(axis=0)
-        steps, on = run.metrics.step[logged], values[logged] > 0
+    for verdict in VERDICTS:
+        steps, counts = run.metrics.series(verdict_key(verdict))
         found, start = [], None
-        for step, flag in zip(steps, on, strict=True):
+        for step, flag in zip(steps, counts > 0, strict=True):
             if flag and start is None:
                 start = step
             elif not flag and start is not None:
@@ -191,7 +134,7 @@ def flow_heatmap(run: Run) -> Figure | None:
             }
         )
     height = max(260, min(900, 40 + 14 * len(run.layers)))
-    layout = _layout(
+    layout = base_layout(
         "Gradient flow: log10 ‖grad‖ per layer",
         height=height,
         yaxis={
@@ -250,13 +193,13 @@ def layer_lines(run: Run, prefix: str, title: str, *, log: bool = True, ytitle: 
     yaxis: dict[str, Any] = {"title": {"text": ytitle}, "exponentformat": "power"}
     if log:
         yaxis["type"] = "log"
-    return {"data": traces, "layout": _layout(title, yaxis=yaxis, xaxis={"title": {"text": "step"}})}
+    return {"data": traces, "layout": base_layout(title, yaxis=yaxis, xaxis={"title": {"text": "step"}})}
 
 
 def activation_fractions(run: Run) -> Figure | None:
     """Dead (ReLU family) and saturated (sigmoid / tanh) fractions per layer: solid dead, dotted saturated."""
     traces = []
-    for prefix, dash in (("act/dead/", "solid"), ("act/saturated/", "dot")):
+    for prefix, dash in ((ACT_DEAD, "solid"), (ACT_SATURATED, "dot")):
         layers = sorted(run.metrics.keys(prefix), key=lambda name: _depth_of(name, run.layers))
         for layer, colour in zip(layers, layer_colours(len(layers)), strict=True):
             steps, values = thin(*run.metrics.series(prefix + layer))
@@ -274,7 +217,7 @@ def activation_fractions(run: Run) -> Figure | None:
             )
     if not traces:
         return None
-    layout = _layout(
+    layout = base_layout(
         "Activations: dead (solid) and saturated (dotted) fractions",
         yaxis={"range": [0, 1], "tickformat": ".0%"},
         xaxis={"title": {"text": "step"}},
@@ -296,7 +239,8 @@ def _depth_of(module: str, layers: Sequence[str]) -> tuple[int, list[Any]]:
 
 
 def _is_training_key(key: str) -> bool:
-    return key.split("/")[0] not in ("grad", "param", "health", "act")
+    """Whether the model logged ``key`` (not one of the monitors' namespaces)."""
+    return not key.startswith(tuple(n for spaces in MONITOR_NAMESPACES.values() for n in spaces))
 
 
 def curves(run: Run, *, losses: bool) -> Figure | None:
@@ -320,32 +264,20 @@ def curves(run: Run, *, losses: bool) -> Figure | None:
     if not traces:
         return None
     title = "Loss" if losses else "Metrics"
-    return {"data": traces, "layout": _layout(title, xaxis={"title": {"text": "step"}})}
+    return {"data": traces, "layout": base_layout(title, xaxis={"title": {"text": "step"}})}
 
 
 def run_figures(run: Run) -> dict[str, Figure]:
     """Every chart of a run that has something to draw, by name."""
     figures = {
         "flow": flow_heatmap(run),
-        "grad-norm": layer_lines(run, "grad/norm/", "Gradient norm per layer", ytitle="‖grad‖"),
-        "update-ratio": layer_lines(
-            run, "grad/update_ratio/", "Update / parameter ratio per layer", ytitle="‖Δw‖ / ‖w‖"
-        ),
+        "grad-norm": layer_lines(run, GRAD_NORM, "Gradient norm per layer", ytitle="‖grad‖"),
+        "update-ratio": layer_lines(run, UPDATE_RATIO, "Update / parameter ratio per layer", ytitle="‖Δw‖ / ‖w‖"),
         "activations": activation_fractions(run),
         "loss": curves(run, losses=True),
         "metrics": curves(run, losses=False),
     }
     return {name: figure for name, figure in figures.items() if figure is not None}
-
-
-def short(name: str) -> str:
-    """A parameter's last dotted part: ``model.depth`` → ``depth``."""
-    return name.rsplit(".", 1)[-1]
-
-
-def is_number(value: Any) -> bool:
-    """Whether a parameter's value is a number (an axis with a scale), not a name or a flag."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parallel_coordinates(sweep: Sweep) -> Figure | None:
@@ -365,62 +297,20 @@ def parallel_coordinates(sweep: Sweep) -> Figure | None:
     if sweep.metric is not None:
         columns.append((sweep.metric, [value for _, value, _ in rows]))
     columns.append(("attenuation", [attenuation for _, _, attenuation in rows]))
-    scaled, annotations = [], []
-    for x, (_, values) in enumerate(columns):
-        positions, ticks = _axis(values)
-        scaled.append(positions)
-        annotations += [
-            {
-                "x": x,
-                "y": y,
-                "text": text,
-                "xref": "x",
-                "yref": "y",
-                "showarrow": False,
-                "xanchor": "left",
-                "xshift": 4,
-                "font": {"size": 9, "color": "#555"},
-            }
-            for y, text in ticks
-        ]
+    axes = [axis_positions(values) for _, values in columns]
+    annotations = [
+        {**note(text, x, y, size=9, xanchor="left", xshift=4), "xref": "x", "yref": "y"}
+        for x, (_, ticks) in enumerate(axes)
+        for y, text in ticks
+    ]
     attenuation = np.array([a for _, _, a in rows])
     low, high = float(attenuation.min()), float(attenuation.max())
     shades = viridis((attenuation - low) / (high - low) if high > low else np.full(len(rows), 0.5))
-    traces = []
-    for i, ((run, _, _), colour) in enumerate(zip(rows, shades, strict=True)):
-        shown = [f"{label} {_format(values[i])}" for label, values in columns]
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "x": list(range(len(columns))),
-                "y": [positions[i] for positions in scaled],
-                "line": {"color": colour, "width": 1.6},
-                "marker": {"size": 5, "color": colour},
-                "name": run.id,
-                "showlegend": False,
-                "hovertemplate": f"run {run.id}<br>" + "<br>".join(shown) + "<extra></extra>",
-            }
-        )
-    traces.append(  # the colour bar: an invisible point carrying the scale
-        {
-            "type": "scatter",
-            "mode": "markers",
-            "x": [None],
-            "y": [None],
-            "showlegend": False,
-            "hoverinfo": "skip",
-            "marker": {
-                "color": [low],
-                "cmin": low,
-                "cmax": high,
-                "colorscale": "Viridis",
-                "showscale": True,
-                "colorbar": {"title": {"text": "attenuation"}, "thickness": 12},
-            },
-        }
-    )
-    layout = _layout(
+    traces = [
+        _run_line(run, i, columns, axes, colour)
+        for i, ((run, _, _), colour) in enumerate(zip(rows, shades, strict=True))
+    ]
+    layout = base_layout(
         f"Parameters → {sweep.metric or 'attenuation'}: one line per run, coloured by attenuation "
         "(decades of gradient lost from the output layer to the input layer)",
         height=380,
@@ -437,31 +327,43 @@ def parallel_coordinates(sweep: Sweep) -> Figure | None:
         annotations=annotations,
         margin={"l": 20, "r": 20, "t": 70, "b": 20},
     )
-    return {"data": traces, "layout": layout}
+    return {"data": [*traces, _colour_bar(low, high, "attenuation")], "layout": layout}
 
 
-def _axis(values: list[Any]) -> tuple[list[float], list[tuple[float, str]]]:
-    """Positions in [0, 1] for one axis of the parallel coordinates, and its tick labels."""
-    if all(is_number(v) for v in values):
-        low, high = min(values), max(values)
-        span = high - low
-        positions = [(v - low) / span if span else 0.5 for v in values]
-        ticks = [(0.0, _format(low)), (1.0, _format(high))] if span else [(0.5, _format(low))]
-        return positions, ticks
-    labels = sorted({str(v) for v in values}, key=_natural_value)
-    spread = {label: (i / (len(labels) - 1) if len(labels) > 1 else 0.5) for i, label in enumerate(labels)}
-    return [spread[str(v)] for v in values], [(y, label) for label, y in spread.items()]
+def _run_line(run: Run, i: int, columns: list[tuple[str, list[Any]]], axes: list[Any], colour: str) -> Figure:
+    """Run ``i``'s line across the parallel axes, hovering its values."""
+    shown = [f"{label} {format_value(values[i])}" for label, values in columns]
+    return {
+        "type": "scatter",
+        "mode": "lines+markers",
+        "x": list(range(len(columns))),
+        "y": [positions[i] for positions, _ in axes],
+        "line": {"color": colour, "width": 1.6},
+        "marker": {"size": 5, "color": colour},
+        "name": run.id,
+        "showlegend": False,
+        "hovertemplate": f"run {run.id}<br>" + "<br>".join(shown) + "<extra></extra>",
+    }
 
 
-def _format(value: Any) -> str:
-    return f"{value:.4g}" if is_number(value) else str(value)
-
-
-def _natural_value(label: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(label), "")
-    except ValueError:
-        return (1, 0.0, label)
+def _colour_bar(low: float, high: float, title: str) -> Figure:
+    """An invisible point that carries a Viridis colour bar from ``low`` to ``high``."""
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "x": [None],
+        "y": [None],
+        "showlegend": False,
+        "hoverinfo": "skip",
+        "marker": {
+            "color": [low],
+            "cmin": low,
+            "cmax": high,
+            "colorscale": "Viridis",
+            "showscale": True,
+            "colorbar": {"title": {"text": title}, "thickness": 12},
+        },
+    }
 
 
 def facets(sweep: Sweep) -> tuple[list[str], list[str]]:
@@ -490,118 +392,80 @@ def heatmap_grid(sweep: Sweep) -> Figure | None:
     Each cell is one run (the best by the metric when several share a cell), layers top to bottom, steps left to
     right, on one colour scale: cells that fade to dark at the top are networks whose first layers stopped learning.
     """
-    rows_by, cols_by = facets(sweep)
-    ranked = sweep.ranked()
-    drawn = [run for run in ranked if run.layers]
-    if not drawn:
+    cells = grid_cells(sweep)
+    if not cells:
         return None
-    cells: dict[tuple[str, str], Run] = {}
-    if rows_by or cols_by:
-        for run in drawn:  # best first: the first run to claim a cell keeps it
-            cells.setdefault((_facet_label(run, rows_by), _facet_label(run, cols_by)), run)
-    else:  # nothing to lay out by: rank order, eight to a row
-        cells = {(str(i // 8), str(i % 8)): run for i, run in enumerate(drawn)}
-    row_labels = sorted({r for r, _ in cells}, key=_label_key)
-    col_labels = sorted({c for _, c in cells}, key=_label_key)
+    row_labels = sorted({r for r, _ in cells}, key=label_key)
+    col_labels = sorted({c for _, c in cells}, key=label_key)
     matrices = {key: flow_matrix(run, GRID_COLUMNS) for key, run in cells.items()}
     finite = np.concatenate([m[np.isfinite(m)] for _, m in matrices.values()] or [np.zeros(1)])
     low, high = (float(np.percentile(finite, 2)), float(np.percentile(finite, 98))) if finite.size else (0.0, 1.0)
-    traces, layout = (
-        [],
-        _layout(
-            "Gradient flow across the sweep: log10 ‖grad‖, layers top (input) to bottom, steps left to right",
-            height=int(90 + 95 * len(row_labels)),
-            margin={"l": 150, "r": 20, "t": 90, "b": 20},
-            coloraxis={
-                "colorscale": "Viridis",
-                "cmin": low,
-                "cmax": high,
-                "colorbar": {"title": {"text": "log10 ‖grad‖"}, "thickness": 12},
-            },
-            annotations=[],
-        ),
-    )
-    ncols, nrows = len(col_labels), len(row_labels)
-    gap_x, gap_y = 0.012, 0.025
+    layout = base_layout(
+        "Gradient flow across the sweep: log10 ‖grad‖, layers top (input) to bottom, steps left to right",
+        height=int(90 + 95 * len(row_labels)),
+        margin={"l": 150, "r": 20, "t": 90, "b": 20},
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": low,
+            "cmax": high,
+            "colorbar": {"title": {"text": "log10 ‖grad‖"}, "thickness": 12},
+        },
+        annotations=[
+            *(note(label.replace(", ", "<br>"), (c + 0.5) / len(col_labels), 1.0, xanchor="center",
+                   yanchor="bottom") for c, label in enumerate(col_labels)),
+            *(note(label.replace(", ", "<br>"), -0.01, 1 - (r + 0.5) / len(row_labels), xanchor="right",
+                   yanchor="middle") for r, label in enumerate(row_labels)),
+        ],
+    )  # fmt: skip
+    traces = []
     for k, ((row, col), run) in enumerate(cells.items(), start=1):
-        steps, matrix = matrices[(row, col)]
-        r, c = row_labels.index(row), col_labels.index(col)
-        axis = "" if k == 1 else str(k)
-        traces.append(
-            {
-                "type": "heatmap",
-                "z": typed(matrix),
-                "x": typed(steps),
-                "coloraxis": "coloraxis",
-                "xaxis": f"x{axis}",
-                "yaxis": f"y{axis}",
-                "name": run.id,
-                "hovertemplate": f"run {run.id}<br>step %{{x:.0f}}<br>layer %{{y}}<br>%{{z:.2f}}<extra></extra>",
-            }
-        )
-        x0, x1 = c / ncols + gap_x, (c + 1) / ncols - gap_x
-        y1, y0 = 1 - r / nrows - gap_y, 1 - (r + 1) / nrows + gap_y
-        bare = {"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False}
-        layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", **bare}
-        layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}", "autorange": "reversed", **bare}
-        verdicts = run.verdicts()
-        if verdicts:
-            layout["annotations"].append(
-                {
-                    "text": "⚠ " + ", ".join(verdicts),
-                    "xref": "paper",
-                    "yref": "paper",
-                    "x": x1,
-                    "y": y1,
-                    "xanchor": "right",
-                    "yanchor": "top",
-                    "showarrow": False,
-                    "font": {"size": 9, "color": "#fff"},
-                    "bgcolor": VERDICT_COLOURS[verdicts[0]],
-                }
-            )
-    for c, label in enumerate(col_labels):
-        layout["annotations"].append(
-            {
-                "text": label.replace(", ", "<br>"),
-                "xref": "paper",
-                "yref": "paper",
-                "x": (c + 0.5) / ncols,
-                "y": 1.0,
-                "xanchor": "center",
-                "yanchor": "bottom",
-                "showarrow": False,
-                "font": {"size": 10},
-            }
-        )
-    for r, label in enumerate(row_labels):
-        layout["annotations"].append(
-            {
-                "text": label.replace(", ", "<br>"),
-                "xref": "paper",
-                "yref": "paper",
-                "x": -0.01,
-                "y": 1 - (r + 0.5) / nrows,
-                "xanchor": "right",
-                "yanchor": "middle",
-                "showarrow": False,
-                "font": {"size": 10},
-            }
-        )
+        place = (row_labels.index(row), col_labels.index(col), len(row_labels), len(col_labels))
+        traces.append(_grid_cell(run, matrices[(row, col)], "" if k == 1 else str(k), place, layout))
     return {"data": traces, "layout": layout}
 
 
-def _label_key(label: str) -> list[Any]:
-    """Sort facet labels by their values, numbers as numbers (``depth=4`` before ``depth=16``, ``2`` before ``10``)."""
-    return [_natural_value(part.split("=", 1)[-1]) for part in label.split(", ")]
+def grid_cells(sweep: Sweep) -> dict[tuple[str, str], Run]:
+    """The grid's cells: (row label, column label) → the best run with those settings, best cells first."""
+    rows_by, cols_by = facets(sweep)
+    drawn = [run for run in sweep.ranked() if run.layers]
+    if not (rows_by or cols_by):  # nothing to lay out by: rank order, eight to a row
+        return {(str(i // 8), str(i % 8)): run for i, run in enumerate(drawn)}
+    cells: dict[tuple[str, str], Run] = {}
+    for run in drawn:  # best first: the first run to claim a cell keeps it
+        cells.setdefault((_facet_label(run, rows_by), _facet_label(run, cols_by)), run)
+    return cells
+
+
+def _grid_cell(
+    run: Run, flow: tuple[np.ndarray, np.ndarray], axis: str, place: tuple[int, int, int, int], layout: Figure
+) -> Figure:
+    """One run's small heatmap: its trace; its axes and verdict badge go into ``layout``."""
+    steps, matrix = flow
+    r, c, nrows, ncols = place
+    gap_x, gap_y = 0.012, 0.025
+    x0, x1 = c / ncols + gap_x, (c + 1) / ncols - gap_x
+    y1, y0 = 1 - r / nrows - gap_y, 1 - (r + 1) / nrows + gap_y
+    bare = {"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False}
+    layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", **bare}
+    layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}", "autorange": "reversed", **bare}
+    verdicts = run.verdicts()
+    if verdicts:
+        badge = note("⚠ " + ", ".join(verdicts), x1, y1, size=9, xanchor="right", yanchor="top")
+        badge["font"]["color"], badge["bgcolor"] = "#fff", VERDICT_COLOURS[verdicts[0]]
+        layout["annotations"].append(badge)
+    return {
+        "type": "heatmap",
+        "z": typed(matrix),
+        "x": typed(steps),
+        "coloraxis": "coloraxis",
+        "xaxis": f"x{axis}",
+        "yaxis": f"y{axis}",
+        "name": run.id,
+        "hovertemplate": f"run {run.id}<br>step %{{x:.0f}}<br>layer %{{y}}<br>%{{z:.2f}}<extra></extra>",
+    }
 
 
 def sweep_figures(sweep: Sweep) -> dict[str, Figure]:
     """A sweep's overview charts that have something to draw, by name."""
     figures = {"parallel": parallel_coordinates(sweep), "grid": heatmap_grid(sweep)}
     return {name: figure for name, figure in figures.items() if figure is not None}
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """``value``, or ``None`` when it is missing or not finite (JSON has no NaN)."""
-    return value if value is not None and math.isfinite(value) else None

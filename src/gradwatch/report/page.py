@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.report import figures as fig
+from gradwatch.report.format import finite_or_none, short
 from gradwatch.report.runs import Collection, Run, Sweep
 from gradwatch.report.summary import runs_summary, sweep_summary
 from gradwatch.rundir import describe_health
@@ -166,7 +167,7 @@ def _link_cell(run: Run, anchor: str) -> str:
 
 def _results_table(sweep: Sweep, anchors: dict[int, str]) -> str:
     names = sweep.parameters
-    head = ["#", "run", *(fig.short(n) for n in names)]
+    head = ["#", "run", *(short(n) for n in names)]
     head += [f"{sweep.metric} ({sweep.goal})" if sweep.metric else "metric", "gradients", "attenuation", "state"]
     rows = []
     for rank, run in enumerate(sweep.ranked(), start=1):
@@ -176,9 +177,9 @@ def _results_table(sweep: Sweep, anchors: dict[int, str]) -> str:
             _cell(rank, numeric=True),
             _link_cell(run, anchors[id(run)]),
             *(_cell(run.params.get(n)) for n in names),
-            _cell(fig.finite_or_none(value), _number(value), numeric=True),
+            _cell(finite_or_none(value), _number(value), numeric=True),
             _cell(health, css="bad" if run.verdicts() else ""),
-            _cell(fig.finite_or_none(attenuation), _number(attenuation, "{:.2f}"), numeric=True),
+            _cell(finite_or_none(attenuation), _number(attenuation, "{:.2f}"), numeric=True),
             _cell(run.state or "", (run.state or "—") + (f": {run.error}" if run.error else "")),
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -219,7 +220,7 @@ def _samples(run: Run) -> str:
 
 def _run_section(page: _Page, run: Run, anchor: str, *, sweep: Sweep | None, open_: bool) -> str:
     facts = [f"<b>{escape(run.id)}</b>"]
-    facts += [f"{escape(fig.short(n))}={escape(str(v))}" for n, v in run.params.items()]
+    facts += [f"{escape(short(n))}={escape(str(v))}" for n, v in run.params.items()]
     if sweep is not None and sweep.metric:
         facts.append(f"{escape(sweep.metric)} {_number(sweep.value(run))}")
     health = _health_text(run)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gradwatch.report.figures import is_number, short
+from gradwatch.report.format import is_number, short
 from gradwatch.report.runs import Run, Sweep
 from gradwatch.rundir import VERDICTS
 

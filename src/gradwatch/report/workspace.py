@@ -15,7 +15,18 @@ import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 
 from gradwatch.errors import ConfigError, unknown_choice
-from gradwatch.rundir import GOALS, VERDICTS
+from gradwatch.rundir import (
+    ACT_DEAD,
+    ACT_SATURATED,
+    ATTENUATION,
+    GOALS,
+    GRAD_NORM,
+    GRAD_NORM_TOTAL,
+    PARAM_NORM,
+    UPDATE_RATIO,
+    VERDICTS,
+    verdict_key,
+)
 
 #: Lightning's ``WandbLogger`` logs every metric against the optimizer step under this key.
 STEP = "trainer/global_step"
@@ -133,16 +144,16 @@ def save_workspace(workspace: ws.Workspace) -> str:
 
 def _gradient_flow(layers: list[str], networks: Sequence[str], *, gan: bool) -> ws.Section:
     panels = [
-        _per_layer("gradient norm per layer (input → output)", "grad/norm/", layers, log_y=True),
-        _per_layer("update / parameter ratio per layer", "grad/update_ratio/", layers, log_y=True),
-        _per_layer("parameter norm per layer", "param/norm/", layers, log_y=True),
+        _per_layer("gradient norm per layer (input → output)", GRAD_NORM, layers, log_y=True),
+        _per_layer("update / parameter ratio per layer", UPDATE_RATIO, layers, log_y=True),
+        _per_layer("parameter norm per layer", PARAM_NORM, layers, log_y=True),
         wr.MediaBrowser(
             title="gradient flow: |grad| per layer, and layer × step",
             media_keys=[f"grad/flow/{kind}{_suffix(n)}" for n in networks for kind in ("bars", "heatmap")],
         ),
     ]
     if not gan:  # a GAN's totals are per network, beside its losses
-        panels.insert(1, _line("total gradient norm", ["grad/norm_total"], log_y=True))
+        panels.insert(1, _line("total gradient norm", [GRAD_NORM_TOTAL], log_y=True))
     return _section("Gradient flow", panels)
 
 
@@ -150,7 +161,7 @@ def _health(networks: Sequence[str]) -> ws.Section:
     return _section(
         "Health",
         [
-            _line("layers per verdict", [f"health/{verdict}" for verdict in VERDICTS]),
+            _line("layers per verdict", [verdict_key(verdict) for verdict in VERDICTS]),
             _line("attenuation: decades lost from the last layer to the first", _attenuations(networks)),
         ],
     )
@@ -161,8 +172,8 @@ def _activations() -> ws.Section:
     return _section(
         "Activations",
         [
-            _per_layer("dead fraction (ReLU family)", "act/dead/", [], range_y=(0, 1)),
-            _per_layer("saturated fraction (sigmoid, tanh)", "act/saturated/", [], range_y=(0, 1)),
+            _per_layer("dead fraction (ReLU family)", ACT_DEAD, [], range_y=(0, 1)),
+            _per_layer("saturated fraction (sigmoid, tanh)", ACT_SATURATED, [], range_y=(0, 1)),
         ],
     )
 
@@ -184,7 +195,7 @@ def _gan() -> ws.Section:
         [
             _line("losses", ["train/d_loss", "train/g_loss"]),
             _line("discriminator scores on held-out real and fixed-seed fake images", ["val/d_real", "val/d_fake"]),
-            _line("total gradient norm per network", [f"grad/norm_total/{n}" for n in GAN_NETWORKS], log_y=True),
+            _line("total gradient norm per network", [f"{GRAD_NORM_TOTAL}/{n}" for n in GAN_NETWORKS], log_y=True),
             wr.MediaBrowser(title="samples from fixed latents, per validation", media_keys=["val/samples"]),
         ],
     )
@@ -204,7 +215,7 @@ def _runset(
         filters.append(ws.Metric("Sweep") == sweep_id)
     if run_group:
         filters.append(ws.Metric("Group") == run_group)
-    summaries = [*([metric] if metric else []), *(f"health/{v}" for v in VERDICTS), *_attenuations(networks)]
+    summaries = [*([metric] if metric else []), *map(verdict_key, VERDICTS), *_attenuations(networks)]
     # Runs-table columns are `config:<key>.value`: the parameters are flat keys (see _FlatConfigColumn).
     columns = [f"config:{p}.value" for p in parameters] + [f"summary:{key}" for key in dict.fromkeys(summaries)]
     settings = ws.RunsetSettings(filters=filters, pinned_columns=columns)
@@ -251,7 +262,7 @@ def _section(name: str, panels: list, *, columns: int = 2) -> ws.Section:
 
 
 def _attenuations(networks: Sequence[str]) -> list[str]:
-    return [f"health/attenuation{_suffix(n)}" for n in networks]
+    return [ATTENUATION + _suffix(n) for n in networks]
 
 
 def _suffix(network: str) -> str:
