@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
+
+from gradwatch.rundir import Metrics, read_metrics  # noqa: F401 (the tests' one reader, as the product's)
 
 torch.set_num_threads(1)
 
@@ -39,15 +40,14 @@ def make_trainer(tmp_path: Path, **overrides: object) -> pl.Trainer:
     return pl.Trainer(**{**options, **overrides})
 
 
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    """Rows of a Lightning ``metrics.csv``."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def column(metrics: Metrics, key: str) -> list[float]:
+    """The values logged under ``key``, in logging order."""
+    return metrics.values(key)
 
 
-def column(rows: list[dict[str, str]], key: str) -> list[float]:
-    """The non-empty values of one metric, as floats, in logging order."""
-    return [float(row[key]) for row in rows if row.get(key)]
+def steps(metrics: Metrics, key: str) -> list[int]:
+    """The steps at which ``key`` was logged, in logging order."""
+    return metrics.series(key)[0].astype(int).tolist()
 
 
 def assert_learns_step(model: torch.nn.Module, loss: torch.Tensor) -> None:

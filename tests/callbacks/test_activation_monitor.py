@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from conftest import column, make_trainer, read_metrics
+from conftest import column, make_trainer, read_metrics, steps
 from gradwatch import CNN, GAN, ConfigError, DigitsDataModule
 from gradwatch.callbacks.activation_monitor import ActivationMonitor
 
@@ -19,8 +19,8 @@ def tiny_cnn(**overrides: Any) -> CNN:
     return CNN(**{"depth": 2, "width": 4, "num_classes": 10, "in_channels": 1, **overrides})
 
 
-def act_steps(rows: list[dict[str, str]], key: str) -> list[int]:
-    return [int(row["step"]) for row in rows if row.get(key)]
+def act_steps(metrics, key: str) -> list[int]:
+    return steps(metrics, key)
 
 
 def hook_count(module: torch.nn.Module) -> int:
@@ -66,7 +66,7 @@ def test_logs_act_columns_at_sampling_steps_only(
             assert act_steps(rows, f"act/{stat}/{layer}") == sampled
         assert all(0.0 <= value <= 1.0 for value in column(rows, f"act/dead/{layer}"))
         assert all(value >= 0.0 for value in column(rows, f"act/mean/{layer}"))  # ReLU outputs
-    assert not [key for key in rows[0] if key.startswith("act/saturated/")]
+    assert not rows.keys("act/saturated/")
     assert "act/dead/backbone.stem.act" in trainer.callback_metrics
 
 

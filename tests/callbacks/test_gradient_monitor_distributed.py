@@ -72,12 +72,11 @@ def ranks(out: Path, world_size: int) -> list[dict]:
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world_size)]
 
 
-def by_step(rows: list[dict[str, str]], key: str) -> dict[int, list[float]]:
+def by_step(metrics, key: str) -> dict[int, list[float]]:
     """Every logged value of ``key``, per step (one entry per CSV row that has it)."""
     values: dict[int, list[float]] = {}
-    for row in rows:
-        if row.get(key):
-            values.setdefault(int(row["step"]), []).append(float(row[key]))
+    for step, value in zip(*metrics.series(key), strict=True):
+        values.setdefault(int(step), []).append(float(value))
     return values
 
 
@@ -89,8 +88,8 @@ def check_same_as_one_process(out: Path, reference: Path, prefixes: tuple[str, .
     """
     rows = read_metrics(out / "csv" / "metrics.csv")
     reference_rows = read_metrics(reference / "csv" / "metrics.csv")
-    keys = sorted(key for key in reference_rows[0] if key.startswith(prefixes))
-    assert {key for key in rows[0] if key.startswith(prefixes)} == set(keys)
+    keys = sorted(key for key in reference_rows.columns if key.startswith(prefixes))
+    assert {key for key in rows.columns if key.startswith(prefixes)} == set(keys)
     assert keys
     for key in keys:
         values, expected = by_step(rows, key), by_step(reference_rows, key)
@@ -227,4 +226,4 @@ def test_torch_compile_gets_no_extra_graph_break_and_every_step_is_measured(tmp_
     assert group.names[0] == "backbone.stem.conv"
     assert group.names[-1] == "head"
     rows = read_metrics(tmp_path / "monitored" / "csv" / "metrics.csv")
-    assert sorted(int(row["step"]) for row in rows if row.get("grad/norm/backbone.stem.conv")) == [0, 1, 2]
+    assert sorted(by_step(rows, "grad/norm/backbone.stem.conv")) == [0, 1, 2]

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
-from conftest import column, make_trainer, read_metrics
+from conftest import column, make_trainer, read_metrics, steps
 from gradwatch import CNN, GAN, ConfigError, DigitsDataModule
 from gradwatch.callbacks import GradientMonitor
 from gradwatch.health import Verdict
@@ -55,18 +55,28 @@ class Truth(pl.Callback):
         self.steps.append((trainer.fit_loop.epoch_loop._batches_that_stepped, norms, total))
 
 
-def check_against_truth(rows: list[dict[str, str]], truth: Truth, total_key: str = "grad/norm_total") -> int:
+def at_step(metrics, step: int) -> dict[str, float]:
+    """Every key logged at ``step`` and its (last) value there."""
+    found = {}
+    for key in metrics.columns:
+        steps, values = metrics.series(key)
+        if (steps == step).any():
+            found[key] = float(values[steps == step][-1])
+    return found
+
+
+def check_against_truth(metrics, truth: Truth, total_key: str = "grad/norm_total") -> int:
     """Every measured step's per-layer norms and total equal the truth (rtol 1e-5); how many steps were compared."""
     compared = 0
     for step, norms, total in truth.steps:
-        row = {k: v for r in rows if r.get("step") == str(step) for k, v in r.items() if v}
-        logged = {key.removeprefix("grad/norm/"): float(v) for key, v in row.items() if key.startswith("grad/norm/")}
+        row = at_step(metrics, step)
+        logged = {key.removeprefix("grad/norm/"): v for key, v in row.items() if key.startswith("grad/norm/")}
         if not any(name in logged for name in norms):
             continue
         assert set(norms) <= set(logged), (step, sorted(set(norms) - set(logged)))
         for name, value in norms.items():
             assert logged[name] == pytest.approx(value, rel=1e-5), (step, name)
-        assert float(row[total_key]) == pytest.approx(total, rel=1e-5), step
+        assert row[total_key] == pytest.approx(total, rel=1e-5), step
         compared += 1
     return compared
 
@@ -125,8 +135,8 @@ def test_base_finetuning_measures_the_unfrozen_layers_from_the_step_they_train(t
     rows = read_metrics(tmp_path / "csv" / "metrics.csv")
     assert check_against_truth(rows, truth) == 12
     first = "grad/norm/feature_extractor.0"
-    assert sorted(int(r["step"]) for r in rows if r.get(first)) == list(range(6, 12))
-    assert sorted(int(r["step"]) for r in rows if r.get("grad/norm/classifier.2")) == list(range(12))
+    assert steps(rows, first) == list(range(6, 12))
+    assert steps(rows, "grad/norm/classifier.2") == list(range(12))
     # The layer order (for reports and dashboards) was logged again, input first, once the extractor trained.
     hparams = (tmp_path / "csv" / "hparams.yaml").read_text()
     assert hparams.index("feature_extractor.0") < hparams.index("feature_extractor.3") < hparams.index("classifier.2")
@@ -144,7 +154,7 @@ def test_cnn_with_a_frozen_backbone_is_measured_whole_after_the_unfreeze(tmp_pat
     rows = read_metrics(tmp_path / "csv" / "metrics.csv")
     assert check_against_truth(rows, truth) == 12
     # In epoch 0 only the head and the batch norms (train_bn=True) train; from step 6 every layer does.
-    assert sorted(int(r["step"]) for r in rows if r.get("grad/norm/backbone.stem.conv")) == list(range(6, 12))
+    assert steps(rows, "grad/norm/backbone.stem.conv") == list(range(6, 12))
     assert monitor.tracker.groups[0].names[0] == "backbone.stem.conv"
 
 

@@ -1,4 +1,3 @@
-import csv
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from gradwatch.errors import ConfigError
 from gradwatch.layers import ACTIVATIONS, INITS, NORMS
 from gradwatch.models.gan import GAN, LOSSES, SAMPLES, resolution_plan
+from gradwatch.rundir import read_metrics
 
 # Wide enough at the lowest resolution (16) that the first resampling block halves the channels (to 8), so
 # residual runs exercise the projection shortcut as well as the identity one.
@@ -85,9 +85,8 @@ def fit(
 
 def logged(trainer: pl.Trainer) -> dict[str, list[float]]:
     """Every value of every column of the CSV logger's metrics file, blanks left out."""
-    with open(f"{trainer.logger.log_dir}/metrics.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    return {key: [float(row[key]) for row in rows if row[key]] for key in rows[0]}
+    metrics = read_metrics(f"{trainer.logger.log_dir}/metrics.csv")
+    return {key: metrics.values(key) for key in metrics.columns}
 
 
 def assert_grads(network: nn.Module) -> None:

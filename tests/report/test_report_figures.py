@@ -16,7 +16,6 @@ from gradwatch.report import format as fmt
 from gradwatch.report.page import PLOTLY_JS
 from gradwatch.report.runs import Run, Sweep, find
 from gradwatch.report.summary import common_ground, sweep_summary
-from gradwatch.rundir import read_metrics
 
 
 def decode(typed):
@@ -134,15 +133,6 @@ def test_a_healthy_sweep_says_so(tmp_path):
     run = write_run(tmp_path / "a", ["x"], [[1.0]], 0, {"depth": 4})
     summary = sweep_summary(Sweep("s", tmp_path, ["depth"], None, "minimize", [run]))
     assert summary == ["No run vanished, exploded or went non-finite: 1 of 1 healthy at their last measurement."]
-
-
-def test_metrics_csv_cells_left_empty_read_as_not_logged(tmp_path):
-    path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,train/loss,val/acc\n0,0,2.0,\n0,0,,0.5\n,1,1.5,\n")
-    metrics = read_metrics(path)
-    assert metrics.series("train/loss")[1].tolist() == [2.0, 1.5]
-    assert metrics.series("val/acc")[0].tolist() == [0]
-    assert metrics.last("missing") is None
 
 
 def test_the_vendored_plotly_is_the_version_its_readme_names():

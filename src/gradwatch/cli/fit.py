@@ -1,4 +1,4 @@
-"""The ``gradwatch`` command: ``fit`` / ``validate`` / ``test`` through LightningCLI."""
+"""``gradwatch fit|validate|test|predict`` through LightningCLI, and the dry parser the sweep check uses."""
 
 from __future__ import annotations
 
