@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,3 +59,31 @@ def test_layouts_that_cannot_be_measured_whole_are_refused(records):
     refused = records[0]["refused"]
     assert refused["partial"] == "a parameter with a Partial placement (unreduced values) has no norm to measure"
     assert refused["two meshes"].startswith("parameters on several device meshes")
+
+
+FABRIC = Path(__file__).with_name("fabric_fit.py")
+
+
+def fabric_fit(out: Path, devices: int) -> list[dict]:
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(FABRIC), "--devices", str(devices), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(devices)]
+
+
+@pytest.mark.slow
+def test_a_fabric_loop_under_fsdp2_measures_the_user_modules_as_one_process_does(tmp_path):
+    rank0, rank1 = fabric_fit(tmp_path / "fsdp", 2)
+    (alone,) = fabric_fit(tmp_path / "single", 1)
+    assert rank0["layers"] == alone["layers"] == ["0", "2", "4"]  # the user's paths, not Fabric's wrapper's
+    assert rank0["history"] == rank1["history"]
+    for layer, norms in alone["history"].items():
+        np.testing.assert_allclose(rank0["history"][layer], norms, rtol=1e-5, err_msg=layer)
+    assert rank0["metrics"]["grad/norm_total"] == pytest.approx(alone["metrics"]["grad/norm_total"], rel=1e-5)

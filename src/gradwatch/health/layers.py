@@ -13,6 +13,8 @@ from gradwatch.errors import ConfigError
 
 #: The name of parameters owned directly by the root module (``named_modules`` calls it ``""``).
 ROOT = "<root>"
+#: Module path components that wrappers insert: ``torch.compile``, Lightning Fabric's ``setup_module``.
+WRAPPERS = frozenset({"_orig_mod", "_forward_module", "_original_module"})
 
 
 @dataclass(frozen=True)
@@ -66,16 +68,17 @@ def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool
 def layer_name(path: str) -> str:
     """The layer a module's parameters count for (:data:`ROOT` for the root).
 
-    The path drops ``torch.compile``'s ``_orig_mod`` components and a parametrization's ``parametrizations.<tensor>``
-    tail. So a compiled model's metric keys are the same as the plain model's, and a spectral-normalized layer is one
-    layer whose weight (held by its parametrization) and bias are measured together.
+    The path drops the components wrappers add (``torch.compile``'s ``_orig_mod``, Fabric's ``_forward_module``) and a
+    parametrization's ``parametrizations.<tensor>`` tail. So a compiled or Fabric-wrapped model's metric keys are the
+    user's module paths, and a spectral-normalized layer is one layer whose weight (held by its parametrization) and
+    bias are measured together.
 
     Example::
 
         >>> layer_name("_orig_mod.discriminator.head.1.parametrizations.weight")
         'discriminator.head.1'
     """
-    parts = [part for part in path.split(".") if part != "_orig_mod"]
+    parts = [part for part in path.split(".") if part not in WRAPPERS]
     if "parametrizations" in parts:
         parts = parts[: parts.index("parametrizations")]
     return ".".join(parts) or ROOT
