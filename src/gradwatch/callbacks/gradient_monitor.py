@@ -18,7 +18,7 @@ from gradwatch.errors import ConfigError
 from gradwatch.health import Finding, Verdict, advise
 from gradwatch.health.tracker import GradientTracker, Report, TrackerConfig
 from gradwatch.loggers import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step, run_dir
-from gradwatch.rundir import FLOW_DIR, LAYERS_KEY
+from gradwatch.rundir import FLOW_DIR, GRAD_HIST, LAYERS_KEY
 
 # Verdicts are one line each on stderr (logging's last-resort handler when the user configured none), not warnings,
 # which would print the source line under them.
@@ -248,7 +248,7 @@ class GradientMonitor(Callback):
             log_metrics(trainer, self.tracker.metrics(report, clip=clip or None))
             if report.measurement.histograms is not None:
                 m = report.measurement
-                log_histograms(trainer, {f"grad/hist/{name}": m.histograms[i] for i, name in enumerate(m.names)})
+                log_histograms(trainer, {GRAD_HIST + name: m.histograms[i] for i, name in enumerate(m.names)})
             self._act(trainer, pl_module, report, optimizer)
         elif self._flow_due(trainer):
             # Read now: Lightning frees the gradients before validation, so they are gone at the epoch's end.

@@ -58,6 +58,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from gradwatch.health.layers import check_patterns, layer_name
+from gradwatch.rundir import ACT_DEAD, ACT_MEAN, ACT_SATURATED, ACT_STD
 
 #: A layer is saturated where its derivative is below this fraction of its maximum.
 SATURATION = 0.05
@@ -325,9 +326,9 @@ def _combine(layer: Activation, rows: np.ndarray) -> dict[str, float]:
     mean = float((count * rows[:, 1]).sum() / total)
     var = float((rows[:, 2] + count * (rows[:, 1] - mean) ** 2).sum() / total)
     name = layer.name
-    metrics = {f"act/mean/{name}": mean, f"act/std/{name}": math.sqrt(max(var, 0.0))}
+    metrics = {ACT_MEAN + name: mean, ACT_STD + name: math.sqrt(max(var, 0.0))}
     if layer.kind is Kind.RECTIFIER:
-        metrics[f"act/dead/{name}"] = float(rows[:, 3].sum() / rows[:, 4].sum())
+        metrics[ACT_DEAD + name] = float(rows[:, 3].sum() / rows[:, 4].sum())
     elif layer.kind is Kind.SATURATING:
-        metrics[f"act/saturated/{name}"] = float(rows[:, 5].sum() / total)
+        metrics[ACT_SATURATED + name] = float(rows[:, 5].sum() / total)
     return metrics
