@@ -30,12 +30,15 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+# Every benchmark in full, one after another (bench/README.md): over half an hour on 2 cores.
 bench: setup
 	$(BIN)/python bench/lightning_overhead.py
 	$(BIN)/python bench/augment_throughput.py
 	$(BIN)/python bench/gradient_overhead.py
 	$(BIN)/python bench/fsdp_overhead.py
-	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/sweep_controller.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/sweep_workers.py
 	$(BIN)/python bench/report_speed.py
 
 clean:

@@ -1,65 +1,9 @@
 """How fast are gradwatch's albumentations presets, alone and behind a 2-worker DataLoader?
 
-A by-hand benchmark: CI never runs it, and nothing here asserts on time. The targets we report against are a ratio
-of medians (albumentations / torchvision images per second) of at least 1.5 for every preset at 32×32 and 224×224,
-and at least 5,000 images per second out of a 2-worker DataLoader at 32×32.
-
-What it measures
-    **Part 1, single process.** Each preset ``gradwatch.data.augment.preset(name, size, 3)`` (``light``,
-    ``standard``, ``strong``), called per image as ``pipeline(image=hwc_uint8)["image"]``, against the closest
-    ``torchvision.transforms.v2`` pipeline called per image on the same pixels as a uint8 ``(C, H, W)`` tensor. The
-    torchvision pipeline is translated from the albumentations one, transform by transform, with the same
-    parameters and probabilities (see :func:`torchvision_equivalent`), so it follows any change to ``augment.py``;
-    a transform it cannot translate stops the run rather than be compared with something else. Where the two
-    libraries parametrize differently the work is alike but the distribution is not quite: torchvision's
-    ``RandomAffine`` scales both axes by one factor (albumentations draws one per axis), ``ColorJitter`` multiplies
-    saturation where ``HueSaturationValue`` adds to it, and ``RandomErasing`` draws one rectangle by area and
-    aspect ratio where gradwatch's ``Cutout`` draws its height and width. gradwatch's ``RandomShift`` (pad and
-    random crop in one array copy) is compared with the way torchvision users write it, one
-    ``RandomCrop(size, padding=pad)``, which does the same work as ``Pad`` then ``RandomCrop`` with one dispatch
-    fewer: the comparison gives torchvision its best form.
-
-    Both sides run in this process with one thread (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``) over
-    a pool of distinct images converted to each side's layout once, before any timing. Each run seeds its side
-    the same way (``reseed`` / ``torch.manual_seed``), so every repetition draws the same augmentations. An untimed
-    run of each side absorbs first-use costs; then ``--repeats`` runs alternate albumentations, torchvision,
-    albumentations, ... per preset, so slow drift on the machine hits both alike.
-
-    **Part 2, DataLoader.** Exactly what ``ImageDataModule.train_dataloader`` builds for ``augment=name`` at 32×32
-    RGB: ``ImageDataset(images, labels, transform=preset(name, 32, 3))``, an ``EpochSampler(len(ds), seed=0,
-    sample_seeds=ds.takes_sample_seeds)`` (seeds for every preset; ``none`` takes none, as in the DataModule),
-    ``collate_fn=collate_images``, batch 256, 2 persistent workers, ``pin_memory`` only with CUDA, and
-    ``_quiesce_opencv()`` before the workers fork. ``none`` is the floor: indexing, ``to_tensor``, collation to
-    float and the transfer between processes, with no augmentation. One loader per preset over ``--images``
-    images; one untimed epoch each starts the workers and their first-use costs, then ``--epochs`` timed epochs
-    (``sampler.set_epoch(e)``, from ``iter(loader)`` to the last batch) go round the presets in turn. The main
-    process only counts the batches, so this is the most a training loop could be fed.
-
-    With ``--profile``, a third table breaks the ``strong`` preset down: each transform alone at ``p=1`` on both
-    sides and both sizes (µs per image), the sum, the same transforms in one ``A.Compose``, and the preset as
-    configured next to the sum of ``p × cost``.
-
-Image data
-    ``--data photos`` (the default): random square crops (side from the image size up to 427 pixels) of
-    scikit-learn's two bundled photographs, shrunk to the size with area averaging: real RGB pixels, no download.
-    ``--data digits``: scikit-learn's 8×8 digits, tinted with a random foreground and background colour and
-    upscaled bilinearly. ``--data noise``: uniform random uint8, CIFAR-shaped. The output says which was used. The
-    cost of these transforms barely depends on the pixels (lookup tables, warps and copies), so the choice matters
-    little; photos keep the colour transforms honest.
-
-How to run
-    ``.venv/bin/python bench/augment_throughput.py`` with the defaults: 5 repeats of 2,000 images per run at 32×32
-    (200 at 224×224), a DataLoader over 20,000 images for 5 timed epochs; about 3 minutes on 2 cores. Options:
-    ``--repeats``, ``--single-images``, ``--images``, ``--epochs``, ``--workers``, ``--data``, ``--profile`` (a minute
-    or two more) and ``--quick``, a smoke test of under a minute (numbers meaningless). Run it on an otherwise
-    idle machine: the DataLoader part needs every core, and the last line gives the load average to check.
-
-How to read it
-    A ratio of 2.0 means albumentations augments twice as many images per second as torchvision. Cells give the
-    median over the repetitions and, in brackets, the slowest and fastest run; if that range is wide compared with
-    the gap being judged, the machine was busy. The DataLoader numbers are bounded by the cores: with 2 workers
-    on 2 cores, a preset cannot exceed about twice its single-process rate, less what collation and the transfer
-    cost (the ``none`` row).
+Each preset against its torchvision v2 translation in one process, then each preset's training DataLoader. Targets:
+at least 1.5× torchvision's images per second for every preset at 32×32 and 224×224, and at least 5,000 images per
+second out of a 2-worker DataLoader at 32×32. ``.venv/bin/python bench/augment_throughput.py`` (about 3 minutes on 2
+cores); ``--quick`` is a smoke run; ``--json PATH``. What it measures and how to read it: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -83,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 import torchvision
+from common import SEED, add_quick_and_json, finish, write_json
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -91,7 +36,6 @@ from gradwatch.data.base import EpochSampler, _quiesce_opencv
 from gradwatch.data.images import ImageDataset
 from gradwatch.data.transforms import Cutout, RandomShift
 
-SEED = 0
 CHANNELS = 3
 SIZES = (32, 224)
 LOADER_SIZE = 32
@@ -491,7 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("--data", choices=DATA_KINDS, default="photos", help="image data (default: photos)")
     parser.add_argument("--profile", action="store_true", help="also break the strong preset down per transform")
-    parser.add_argument("--quick", action="store_true", help="a tiny run to check the script works (seconds)")
+    add_quick_and_json(parser, "a tiny run to check the script works (seconds); numbers meaningless")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.single_images, args.images, args.epochs = 2, 100, 1024, 2
@@ -512,14 +456,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"images: {DATA_KINDS[args.data]} (--data {args.data}), RGB uint8{'; --quick' if args.quick else ''}")
     print()
     start = time.perf_counter()
-    report_single(args, single_process(args))
-    report_loader(args, data_loader(args))
-    elapsed = time.perf_counter() - start
+    single = single_process(args)
+    report_single(args, single)
+    loader = data_loader(args)
+    report_loader(args, loader)
     if args.profile:
+        print(f"(parts 1 and 2 took {time.perf_counter() - start:.0f} s)")
         cv2.setNumThreads(1)  # part 2 stopped OpenCV's pool for the workers; profile as part 1 ran
         profile(args)
-    profiled = f", profile {time.perf_counter() - start - elapsed:.0f} s" if args.profile else ""
-    print(f"took {elapsed:.0f} s{profiled}; load average over the last 5 minutes: {os.getloadavg()[1]:.2f}")
+    write_json(
+        args.json,
+        {
+            "config": vars(args),
+            "versions": {
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "albumentations": A.__version__,
+            },
+            "single_images_per_s": {
+                f"{size}/{name}": {side: rates.values for side, rates in sides.items()}
+                for (size, name), sides in single.items()
+            },
+            "loader_images_per_s": {name: rates.values for name, rates in loader.items()},
+        },
+    )
+    finish(start)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,9 @@
 """What does GradientMonitor cost under FSDP2 on two CPU processes (gloo), and how many collectives does it issue?
 
-A by-hand benchmark: CI runs only ``--quick``, and nothing here asserts on time. The targets we report against:
-
-- ``GradientMonitor(log_every_n_steps=50)``: step-time ratio against no monitor of at most 1.05;
-- exactly one collective (the packed all-reduce) per measurement, none on other steps.
-
-What it measures
-    ``gradwatch.CNN(depth=8, width=32)`` as in ``gradient_overhead.py``, sharded the way Lightning documents FSDP2:
-    ``fully_shard`` on every block, then on the backbone and the head, in ``configure_model``, trained with
-    ``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)`` on two processes started here (the
-    environment Lightning reads for processes launched externally, as under torchrun), on random 8×8 RGB images
-    (``--batch-size`` per process), with SGD and no logger. Variants, interleaved with the order rotating each
-    round: no monitor, and ``GradientMonitor(log_every_n_steps=50, flow_every_n_epochs=None)``. A step's time is
-    the gap between two ``on_train_batch_start`` on rank 0 (both ranks step together); each fit runs ``--warmup +
-    --steps + 1`` steps and keeps ``--steps`` of them. The headline is the per-step median over the rounds, as in
-    ``gradient_overhead.py``, next to the within-run estimate of the steps at 49 and 0 (mod 50).
-
-    The monitor's hook is wrapped in a ``TorchDispatchMode`` that counts the ``c10d`` collectives dispatched
-    inside it (independently of gradwatch's own code), per step.
-
-How to run
-    ``.venv/bin/python bench/fsdp_overhead.py`` (200 timed steps, 3 rounds: a few minutes on 2 cores); ``--quick``
-    is a smoke run (numbers meaningless); ``--json PATH`` writes every measurement.
+The CNN of ``gradient_overhead.py`` sharded with ``fully_shard`` under ``ModelParallelStrategy``, with and without
+``GradientMonitor(log_every_n_steps=50)``, interleaved rounds. Targets: a step-time ratio of at most 1.05, and exactly
+one collective per measurement, none on other steps. ``.venv/bin/python bench/fsdp_overhead.py`` (a few minutes on 2
+cores); ``--quick`` is a smoke run; ``--json PATH``. What it measures and how to read it: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -43,7 +25,16 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from gradient_overhead import LOG_EVERY_N_STEPS, StepTimer, make_loader, periodic_extra_ms
+from common import (
+    LOG_EVERY_N_STEPS,
+    add_quick_and_json,
+    finish,
+    make_loader,
+    periodic_extra_ms,
+    resolve_defaults,
+    step_timer,
+    write_json,
+)
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -97,7 +88,7 @@ class CountedMonitor(GradientMonitor):
 
 def fit(args: argparse.Namespace, variant: str, steps: int) -> tuple[np.ndarray, dict[int, int]]:
     """Step times (s) of one fit, and the monitor's collectives per step."""
-    timer = StepTimer(cuda=False)
+    timer = step_timer(cuda=False)
     monitor = CountedMonitor() if variant == "gm50" else None
     callbacks = [timer] + ([monitor] if monitor else [])
     torch.manual_seed(0)
@@ -175,11 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32, help="per process (default: 32)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run; numbers meaningless")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every measurement here")
+    add_quick_and_json(parser)
     args = parser.parse_args(argv)
-    args.steps = args.steps or (50 if args.quick else 200)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    resolve_defaults(args, {"steps": (200, 50), "repeats": (3, 1)})
     if args.steps % LOG_EVERY_N_STEPS:
         parser.error(f"--steps must be a multiple of {LOG_EVERY_N_STEPS}")
     began = time.perf_counter()
@@ -190,9 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         mp.start_processes(worker, args=(args, port, Path(tmp)), nprocs=2, start_method="spawn")
         result = json.loads((Path(tmp) / "times.json").read_text())
     summary = report(result, args)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, **result, **summary}))
-    print(f"took {time.perf_counter() - began:.0f} s; load average over the last 5 minutes: {os.getloadavg()[1]:.2f}")
+    write_json(args.json, {"config": vars(args), **result, **summary})
+    finish(began)
 
 
 if __name__ == "__main__":

@@ -1,114 +1,11 @@
 """What does watching gradients cost per training step: GradientMonitor versus wandb.watch and Lightning's grad_norm?
 
-A by-hand benchmark: CI never runs it, and nothing here asserts on time. The targets we report against, on CPU:
-
-- ``GradientMonitor(log_every_n_steps=50)``: step-time ratio against no monitor of at most 1.02;
-- ``GradientMonitor(log_every_n_steps=1)``: at least 10× less *added* time per step than
-  ``wandb.watch(model, log="gradients", log_freq=1)``;
-- one logging step's statistics (host transfer included, logger I/O excluded) cost at most 4× one bare
-  ``torch._foreach_norm`` pass over the same gradients, the floor: one read of every gradient.
-
-What it measures
-    **Part 1, training.** The same ``gradwatch.CNN(depth=8, width=32, num_classes=10, in_channels=3)`` (about
-    1.4 MB of float32 parameters; the output prints the exact size) on random 8×8 RGB images held in memory
-    (a ``TensorDataset``, batch 64, one epoch, no workers), trained with Adam under ``Trainer.fit`` with:
-
-    - ``no monitor``;
-    - ``GradientMonitor(log_every_n_steps=1)`` and ``=50``, both with ``flow_every_n_epochs=None`` (no images)
-      and their defaults otherwise (update ratios on: a parameter snapshot one step before each measurement);
-    - ``wandb.watch(model, log="gradients", log_freq=1)`` and ``log_freq=50`` (called in ``on_fit_start``, once
-      the model is on its device; ``wandb.unwatch`` at the end of fit);
-    - Lightning's ``grad_norm(pl_module, norm_type=2)`` in a callback's ``on_before_optimizer_step``, logged with
-      ``pl_module.log_dict``, as Lightning's documentation recommends. It is computed every step; Lightning hands
-      it to the logger every ``log_every_n_steps`` (50) steps, like the model's own ``train/loss``.
-
-    Every variant runs with the same logger: a ``WandbLogger`` attached to one offline W&B run
-    (``WANDB_MODE=offline``, ``WANDB_SILENT=true``, system metrics off) opened once for the whole benchmark,
-    with the x-axis ``WandbLogger`` defines for runs it creates itself. Only the callback differs, so the model's
-    own logging (``train/loss`` every 50 steps, ``train/acc``) and W&B's background process are common to all.
-    GradientMonitor writes its metrics through that logger at every measurement; wandb.watch queues its
-    histograms into the run's pending row (``commit=False``), which the next logged row commits.
-
-    Images are 8×8, not 32×32, on purpose: at 32×32 this CNN takes over a second per step on two cores, at 8×8
-    tens of milliseconds, the regime where a per-step tax shows. The gradients (what the monitors read) are the
-    same size at any image size.
-
-    One intra-op thread by default (``torch.set_num_threads(1)``, ``--threads`` to change it). On a 2-core machine
-    that other processes share, two threads stall at every parallel region whenever one core is taken: steps of
-    40 ms then take 1.5 s now and again, noise a hundred times the effect being measured. One thread keeps step
-    times within a few per cent. Two threads on an idle machine make the model's own work about 1.4× faster
-    and the monitors' work (one-thread dispatch and Python) hardly at all, so ratios there are somewhat larger.
-
-How time is taken
-    A timing callback records ``time.perf_counter()`` at every ``on_train_batch_start`` (after
-    ``torch.cuda.synchronize()`` on CUDA); a step's time is the gap to the next step's start, so it covers the
-    whole step: forward, backward, every callback, the optimizer and the logger I/O Lightning does after
-    ``on_train_batch_end``. Each fit runs ``--warmup + --steps + 1`` steps and keeps steps ``--warmup`` ..
-    ``--warmup + --steps - 1``; with ``--steps`` a multiple of 50, that window holds exactly ``--steps / 50``
-    logging steps of every 50-step variant (and their snapshot steps). Fit set-up and teardown are excluded:
-    the question is the per-step tax.
-
-    Repetitions are interleaved: each round runs every variant once, and the order rotates by one variant per
-    round, so slow drift, and W&B's background process still flushing one variant's data while the next runs,
-    fall on every variant alike. One untimed short fit per variant first absorbs first-use costs.
-
-    The headline number is robust to a noisy 2-core machine shared with other processes: for every step index
-    of the window, the median of that step's time over the repetitions, then the mean over the window
-    ("per-step medians"). A burst of contention hits one repetition at some steps and the median drops it, yet
-    a logging step, which recurs at the same step index in every repetition, is fully counted: a plain median of
-    step times would ignore the 1-in-50 logging steps, exactly the cost that the every-50-steps target is
-    about. Next to it, each run's mean step time, median [min-max] over the repetitions, shows how noisy the
-    machine was. "Added" is a variant's time per step minus no monitor's.
-
-    What the medians cannot remove is drift from one run to the next: another process busy for the length of a
-    fit shifts all of its steps, by ±10 % on a shared machine, five times the every-50-steps target. So the
-    every-50-steps variants get a second, paired estimate taken within each run: the extra time of the steps at
-    49 and 0 (mod 50) (the snapshot and logging steps of ``GradientMonitor``, wandb.watch's 50th backward and
-    Lightning's own logging of ``train/loss``) over that run's median step, its median over the runs, minus the
-    same figure without a monitor, spread over 50 steps: ``1 + extra / (50 × median step without a monitor)``.
-    It assumes the other 48 steps cost what they cost without a monitor; the monitors do nothing there but
-    return from their hooks (on CUDA, ``--profile`` checks that they add no kernel and no sync).
-
-    **Part 2, micro-benchmark.** After one forward and backward of the same CNN on one batch, with
-    ``stats = GradientStatistics(find_layers(model, order=forward_order(loss)))``, the median over
-    ``--micro-repeats`` interleaved repetitions (synchronized on CUDA) of:
-
-    - ``foreach_norm``: ``torch.stack(torch._foreach_norm(grads)).cpu()``, the floor;
-    - ``measure()`` without update ratio (no snapshot pending);
-    - ``snapshot()``, then an untimed ``SGD`` step, then ``measure()``: the snapshot and the measurement with
-      update ratios, timed separately; their sum is what one logging step of the default monitor costs.
-
-    ``measure()`` includes its host-side work (per-layer reduction in numpy, the :class:`Measurement`); logging
-    is not part of it.
-
-    Each unit is timed twice per repetition: **hot**, right after the previous unit, and **cold**, after streaming
-    a buffer of 4× the L2 cache (``--flush-mb``) through the core, untimed. A 1.4 MB model fits in one core's L2,
-    so hot the floor reads gradients the previous repetition left in cache while ``measure()`` streams three times
-    as much (weights, gradients, updates) and no longer fits: the hot ratio says more about cache sizes than about
-    the monitor. In training the forward and backward passes between two logging steps evict the caches, so the
-    cold ratio is the one the 4× target is judged on; both are printed.
-
-    **``--profile``.** On CUDA: the torch profiler over steps 1, 2, 48, 49, 50 and 51 (one profiler per step,
-    from ``on_train_batch_start`` to ``on_train_batch_end``, synchronized at both ends), once without a monitor
-    and once with ``GradientMonitor(log_every_n_steps=50)``, ``logger=False``. It counts CUDA kernels,
-    ``Memcpy DtoH`` copies and ``cuda*Synchronize`` calls per step; the difference is what the monitor adds.
-    By design: nothing on quiet steps, the snapshot's copy kernels (no transfer) on step 49, and on the logging
-    step 50 the statistics kernels and exactly one device-to-host copy. On CPU: ``cProfile`` over one fit of
-    GradientMonitor every step and one of wandb.watch every step, the top functions by cumulative time in the
-    monitors' own code.
-
-How to run
-    ``.venv/bin/python bench/gradient_overhead.py`` with the defaults: 200 timed steps, 5 repeats, one thread,
-    2,000 micro repetitions; about 8 minutes on 2 cores. ``--quick`` is a smoke run of about a minute (numbers
-    meaningless). Options: ``--device cpu|cuda``, ``--steps``, ``--repeats``, ``--warmup``, ``--micro-repeats``,
-    ``--depth``, ``--width``, ``--image-size``, ``--batch-size``, ``--threads``, ``--profile``, ``--json PATH``.
-    Run it on an otherwise idle machine; the last line gives the load average to check.
-
-How to read it
-    A ratio of 1.02 means the variant's steps took 2 % longer than without a monitor. If a variant's run-mean
-    range is wider than the gap being judged, the machine was busy: rerun with more ``--repeats``. Step times
-    shrink with a smaller ``--image-size`` or ``--batch-size`` while the gradients stay the same, so the ratios
-    grow: they describe this model at this step time, not a constant of the monitor.
+The same CNN trained under ``Trainer.fit`` with each monitor, interleaved rounds sharing one offline W&B run, then a
+micro-benchmark of one logging step's statistics. Targets, on CPU: ``GradientMonitor(log_every_n_steps=50)`` at most
+1.02× the step time without a monitor; every step, at least 10× less added time than ``wandb.watch(log_freq=1)``;
+one logging step's statistics at most 4× one bare ``torch._foreach_norm`` pass. ``.venv/bin/python
+bench/gradient_overhead.py`` (about 8 minutes on 2 cores); ``--quick`` is a smoke run; ``--json PATH``. What it
+measures and how to read it: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -123,7 +20,6 @@ import argparse
 import cProfile
 import gc
 import io
-import json
 import logging
 import platform
 import pstats
@@ -141,17 +37,26 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import wandb
+from common import (
+    LOG_EVERY_N_STEPS,
+    SEED,
+    add_quick_and_json,
+    finish,
+    make_loader,
+    periodic_extra_ms,
+    resolve_defaults,
+    step_timer,
+    write_json,
+)
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 import gradwatch
 from gradwatch.callbacks import GradientMonitor
 from gradwatch.health import GradientStatistics, find_layers, forward_order
 
-SEED = 0
-LOG_EVERY_N_STEPS = 50  # the Trainer's, explicit: the model's own logging cadence, the same in every variant
 TARGET_SPARSE = 1.02
 TARGET_ADDED = 10.0
 TARGET_MICRO = 4.0
@@ -213,22 +118,6 @@ SPARSE = ("gm50", "watch50")  # the variants whose work recurs every 50 steps
 # --- training -----------------------------------------------------------------------------------------------------
 
 
-class StepTimer(pl.Callback):
-    """``time.perf_counter()`` at every ``on_train_batch_start`` (synchronized first on CUDA)."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.starts: list[float] = []
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.starts.append(time.perf_counter())
-
-
 @dataclass
 class Bench:
     """What every fit shares: arguments, data, the W&B run."""
@@ -243,14 +132,6 @@ class Bench:
 def build_model(args: argparse.Namespace) -> gradwatch.CNN:
     torch.manual_seed(SEED)
     return gradwatch.CNN(depth=args.depth, width=args.width, num_classes=10, in_channels=3)
-
-
-def make_loader(args: argparse.Namespace, steps: int) -> DataLoader:
-    g = torch.Generator().manual_seed(SEED)
-    n = args.batch_size * steps  # one epoch: no epoch-end work inside the timed window
-    x = torch.randn(n, 3, args.image_size, args.image_size, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=False)
 
 
 def trainer_for(
@@ -275,7 +156,7 @@ def trainer_for(
 def run_fit(bench: Bench, variant: Variant, warmup: int, steps: int) -> np.ndarray:
     """Step times (s) of steps ``warmup`` .. ``warmup + steps - 1`` of one fit."""
     args = bench.args
-    timer = StepTimer(args.device == "cuda")
+    timer = step_timer(args.device == "cuda")
     model = build_model(args)
     trainer = trainer_for(
         args, warmup + steps + 1, [timer, *variant.callbacks()], WandbLogger(experiment=bench.run), bench.tmp
@@ -300,15 +181,6 @@ def part_training(bench: Bench) -> dict[str, np.ndarray]:
             times[variant.key].append(run_fit(bench, variant, args.warmup, args.steps))
         print(f"  round {r + 1}/{args.repeats} done", flush=True)
     return {key: np.stack(runs) for key, runs in times.items()}
-
-
-def periodic_extra_ms(runs: np.ndarray, warmup: int) -> float:
-    """Median over runs of the extra time (ms) of steps 49 and 0 (mod 50) over that run's median step, summed."""
-    phase = (warmup + np.arange(runs.shape[1])) % LOG_EVERY_N_STEPS
-    extras = [
-        run[phase == 0].mean() + run[phase == LOG_EVERY_N_STEPS - 1].mean() - 2.0 * np.median(run) for run in runs
-    ]
-    return 1000.0 * float(np.median(extras))
 
 
 def report_training(times: dict[str, np.ndarray], final_loss: dict[str, list[float]], warmup: int) -> dict[str, Any]:
@@ -594,13 +466,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--flush-mb", type=int, default=16, help="buffer streamed before each cold micro timing (default: 16, 4× L2)"
     )
     parser.add_argument("--profile", action="store_true", help="also profile (kernel counts on CUDA, cProfile on CPU)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute; numbers meaningless")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every measurement here")
+    add_quick_and_json(parser, "a smoke run of about a minute; numbers meaningless")
     args = parser.parse_args(argv)
-    defaults = {"steps": (200, 50), "repeats": (5, 2), "warmup": (10, 5), "micro_repeats": (2000, 200)}
-    for name, (full, quick) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    resolve_defaults(args, {"steps": (200, 50), "repeats": (5, 2), "warmup": (10, 5), "micro_repeats": (2000, 200)})
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.micro_repeats < 1:
         parser.error("--steps, --repeats and --micro-repeats must be >= 1, --warmup >= 0")
     if args.steps % LOG_EVERY_N_STEPS:
@@ -666,9 +534,10 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             wandb.finish()
 
-    if args.json is not None:
-        result = {
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    write_json(
+        args.json,
+        {
+            "config": vars(args),
             "versions": {"torch": torch.__version__, "lightning": lightning.__version__, "wandb": wandb.__version__},
             "parameters_mb": mb,
             "step_times_ms": {key: (1000.0 * runs).tolist() for key, runs in times.items()},
@@ -676,10 +545,9 @@ def main(argv: list[str] | None = None) -> None:
             "micro_us": micro,
             "targets": results,
             "profile": profile,
-        }
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    elapsed = time.perf_counter() - began
-    print(f"took {elapsed:.0f} s; load average over the last 5 minutes: {os.getloadavg()[1]:.2f}")
+        },
+    )
+    finish(began)
 
 
 if __name__ == "__main__":

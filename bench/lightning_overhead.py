@@ -1,59 +1,9 @@
 """How much does training ``gradwatch.CNN`` under ``Trainer.fit`` cost versus a hand-written PyTorch loop?
 
-A by-hand benchmark: CI never runs it, and nothing here asserts on time. The target we report against is a
-ratio of medians (Lightning / hand loop) of at most 1.10 on CPU.
-
-What it measures
-    The same model, data and optimizer, trained for ``--steps`` optimizer steps two ways:
-
-    - **hand loop**: ``model.train()``, then per batch ``logits = model(x)``,
-      ``loss = model.compute_loss(logits, y)``, ``opt.zero_grad(set_to_none=True)``, ``loss.backward()``,
-      ``opt.step()``, with the Adam that ``model.configure_optimizers()`` returns.
-    - **Lightning**: ``pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, ...)`` with
-      checkpointing, progress bar, model summary and validation off, then ``trainer.fit(model, loader)``.
-
-    Each repetition builds a fresh ``gradwatch.CNN(depth, width, num_classes=10, in_channels=1)`` from the same
-    seed and a fresh ``DigitsDataModule.train_dataloader()`` (seeded, so both sides see the same batches in the
-    same order). Both sides end with identical weights; the script prints the largest difference as a check.
-
-    What the Lightning side pays and the hand loop does not is the point of the measurement: ``fit``'s set-up
-    and teardown, the loop's hooks, the closure around ``optimizer.step``, and ``gradwatch.CNN``'s own
-    ``training_step``, which calls ``self.log("train/loss", ...)`` and updates a torchmetrics accuracy that it
-    logs as ``train/acc``. That logging and that metric are kept on purpose: they are what a user of
-    ``gradwatch.CNN`` pays, so the ratio is "gradwatch.CNN under Lightning" versus "the bare minimum loop".
-
-    Host syncs: without a logger, Lightning still turns the progress-bar metrics (``train/loss``) into Python
-    floats whenever it would log, i.e. every ``log_every_n_steps`` (50, set explicitly below) steps and on the
-    last step. The hand loop calls ``loss.item()`` on exactly those steps, so neither side is charged for syncs
-    the other skips. (On CPU a sync is nearly free; the cadence matters when the same loop runs on a GPU.)
-
-    Two numbers per side, both over the same steps:
-
-    - **whole run**: wall time of ``trainer.fit(...)`` versus the whole hand loop, optimizer creation included
-      (``fit`` calls ``configure_optimizers`` itself). Process start-up, imports, model and Trainer construction
-      are excluded; one untimed short run of each side before the first repetition absorbs first-use costs
-      (lazy imports, kernel selection).
-    - **steady state per step**: from the start of step ``--warmup`` (a callback's ``on_train_batch_start``;
-      in the hand loop, once that batch is in hand) to the end of training (``on_train_end``; the hand loop's
-      last step), divided by the number of steps in that window.
-
-    Repetitions are interleaved, hand then Lightning, ``--repeats`` times, so slow drift on the machine hits
-    both sides alike. The table gives each side's median and minimum and the ratio of the medians.
-
-How to run
-    ``.venv/bin/python bench/lightning_overhead.py`` (or ``make bench``) with the defaults: 200 steps, 7 repeats,
-    depth 4, width 16, 16×16 images, batch 64. Options: ``--steps``, ``--repeats``, ``--warmup``, ``--depth``,
-    ``--width``, ``--image-size``, ``--batch-size``, ``--threads`` (``torch.set_num_threads``; torch's default
-    when left out) and ``--json PATH`` to also write every measurement. Run it on an otherwise idle machine:
-    another process competing for cores shows up as noise far larger than the effect being measured.
-
-How to read it
-    A ratio of 1.05 means Lightning took 5 % longer than the hand loop. The whole-run ratio includes fixed
-    per-``fit`` costs, spread over ``--steps`` steps, so it falls as ``--steps`` grows; the steady-state ratio is
-    the per-step tax that remains however long one trains. A small model makes that tax look large (each step is
-    cheap); a larger ``--width`` / ``--image-size`` / ``--batch-size`` makes it shrink. If the gap between median
-    and minimum of a side is larger than the gap between the sides, the machine was busy: rerun with more
-    ``--repeats`` or ``--threads 1``.
+The same model, data and optimizer trained both ways, interleaved repetitions, whole runs and steady-state steps.
+Target: a ratio of medians (Lightning / hand loop) of at most 1.10 on CPU. ``.venv/bin/python
+bench/lightning_overhead.py`` (a minute or two on 2 cores); ``--quick`` is a smoke run; ``--json PATH``. What it
+measures and how to read it: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -65,7 +15,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import argparse
 import gc
-import json
 import logging
 import platform
 import statistics
@@ -73,19 +22,17 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning
 import lightning.pytorch as pl
 import torch
+from common import LOG_EVERY_N_STEPS, SEED, add_quick_and_json, finish, resolve_defaults, write_json
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
 import gradwatch
 
-SEED = 0
-LOG_EVERY_N_STEPS = 50  # Lightning's default, passed explicitly: the hand loop's loss.item() cadence follows it.
 TARGET_RATIO = 1.10
 UNTIMED_STEPS = 10
 
@@ -226,16 +173,17 @@ def report(args: argparse.Namespace, runs: dict[str, list[Timing]], weight_diff:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run (default: 200)")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions per side (default: 7)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default: 200; quick: 20)")
+    parser.add_argument("--repeats", type=int, help="interleaved repetitions per side (default: 7; quick: 1)")
     parser.add_argument("--warmup", type=int, help="steps before the steady-state window (default: min(20, steps//2))")
     parser.add_argument("--depth", type=int, default=4, help="CNN depth (default: 4)")
     parser.add_argument("--width", type=int, default=16, help="CNN width (default: 16)")
     parser.add_argument("--image-size", type=int, default=16, help="side of the digits images (default: 16)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every measurement here")
+    add_quick_and_json(parser, "a smoke run of seconds; numbers meaningless")
     args = parser.parse_args(argv)
+    resolve_defaults(args, {"steps": (200, 20), "repeats": (7, 1)})
     if args.steps < 2 or args.repeats < 1:
         parser.error("--steps must be >= 2 and --repeats >= 1")
     if args.warmup is None:
@@ -247,6 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    began = time.perf_counter()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -271,16 +220,18 @@ def main(argv: list[str] | None = None) -> None:
         weight_diff = max(weight_diff, max_weight_diff(models["hand"], models["lightning"]))
 
     summary = report(args, runs, weight_diff)
-    if args.json is not None:
-        result = {
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    write_json(
+        args.json,
+        {
+            "config": vars(args),
             "versions": {"torch": torch.__version__, "lightning": lightning.__version__},
             "threads": torch.get_num_threads(),
             "runs": {side: [{**asdict(t), "step_ms": t.step_ms} for t in timings] for side, timings in runs.items()},
             "summary": summary,
             "max_weight_diff": weight_diff,
-        }
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        },
+    )
+    finish(began)
 
 
 if __name__ == "__main__":

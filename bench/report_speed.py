@@ -1,66 +1,10 @@
 """How fast is ``gradwatch report`` on a big sweep, how large is its file, and how soon is the page interactive?
 
-A by-hand benchmark: CI never runs it, and nothing here asserts on time. The targets we report against, for a local
-sweep of 64 runs × 2,000 logged steps × 12 measured layers:
-
-- ``gradwatch report <sweep> -o report.html`` ends in under 10 s (the whole process: start-up included);
-- the HTML file (plotly.js inlined) is under 15 MB (10^6 bytes);
-- opened in Chromium, the page is interactive (``<html data-ready="true">``: every chart visible at load drawn)
-  under 3 s after navigation starts.
-
-What it measures
-    **The data.** :func:`write_synthetic_sweep` writes a sweep folder in the layout ``gradwatch sweep run --local``
-    leaves, with numbers from a model of gradient flow instead of training (seconds instead of hours):
-
-    - ``runs/<run id>/metrics.csv``: Lightning's CSVLogger file. Columns sorted by name (``epoch`` and ``step``
-      among them, as Lightning sorts them), one row per logging call, empty cells for keys not in that call. Per
-      step, as ``gradwatch fit`` with ``log_every_n_steps=1`` and an ``ActivationMonitor(every_n_steps=10)``
-      writes them: the GradientMonitor's row (``grad/norm/<layer>``, ``grad/update_ratio/<layer>`` from the
-      second step on, ``param/norm/<layer>``, ``grad/norm_total``, ``health/attenuation``, ``health/vanishing``,
-      ``health/exploding``, ``health/nonfinite``; ``step`` but no ``epoch``), every 10th step the
-      ActivationMonitor's row (``act/dead/<layer>`` for ReLU / GELU, ``act/saturated/<layer>`` for sigmoid /
-      tanh, ``act/mean/<layer>``, ``act/std/<layer>`` on ``<block>.act`` layers), then the model's
-      ``train/loss`` row (with ``epoch``). At each epoch's end (every 200 steps) a ``val/loss`` + ``val/acc`` row
-      and a ``train/acc`` row. Floats are float32 values written as Python prints them, like torch's ``.item()``.
-    - ``runs/<run id>/hparams.yaml``: the model's and data's hyperparameters and ``gradwatch/layers``, the
-      measured layers input → output: ``backbone.stem.conv``, ``backbone.blocks.<i>.conv`` ..., ``head`` (with a
-      ``.norm`` after each conv in batch-norm runs, as GradientMonitor measures them);
-    - ``runs/<run id>/config.yaml`` (LightningCLI's saved config) and ``trial.log``;
-    - ``trials/config-<run id>.yaml`` (W&B's sweep-parameter file) and ``trials/config-<run id>.json``, written as
-      ``gradwatch.sweep.local`` writes them;
-    - ``sweep.yaml``: the sweep file as the controller keeps it (JSON, named);
-    - ``sweep.db``: the Optuna study (SQLite) holding the sweep file as its ``sweep`` user attribute and one
-      finished trial per run with the ``run`` and ``outcome`` attributes the controller sets;
-    - ``results.json`` and ``results.csv``: ``gradwatch.sweep.results.collect`` on that study, saved by
-      ``gradwatch.sweep.results.save``, exactly as ``gradwatch sweep run`` ends.
-
-    The sweep is the grid ``model.depth`` (4, 8, 16, 32) × ``model.activation`` (relu, tanh, sigmoid, gelu) ×
-    ``model.norm`` (none, batch) × ``model.residual`` (true, false) = 64 runs, trials in a seeded shuffle of it
-    (fewer runs: the first of that order; more: the grid again). Every run measures ``--layers`` conv / linear
-    layers (the stem, ``layers - 2`` blocks, the head) whatever its depth, so the data's size is set by the flags;
-    depth sets how steeply the gradient falls. The gradient norm falls from the head toward the input by a number
-    of decades that grows with depth: steeply for sigmoid and tanh, hardly for ReLU and GELU, a quarter as much
-    with batch norm and a seventh with residual connections. Sigmoid and tanh without norm and without residual
-    at depth 16 and 32 lose 5 to 14 decades, get worse as training saturates them (``health/vanishing`` counts
-    the layers more than 4 decades below the head, by the GradientMonitor's own rule, and is above 0 by the end),
-    and barely learn (loss stuck near 2, accuracy near 0.3). The other 56 runs stay within 3.3 decades, healthy,
-    and learn (accuracy 0.8 to 0.97). Step-to-step noise is lognormal; every number comes from
-    ``numpy.random.default_rng(seed, run)``, so a seed gives the same folder, run ids included.
-
-    **The report.** ``gradwatch report <sweep> -o <file>`` in a subprocess (the ``gradwatch`` script next to this
-    Python), timed wall-clock from start to exit, ``--repeat`` times (the median is the number; min and max are
-    shown). Then the file's size.
-
-    **The page.** ``tests/report/browser.py`` opens the file in headless Chromium (the system's), a fresh browser
-    context each time, ``--repeat`` times: the time from navigation start to ``data-ready`` is measured inside the
-    page (``performance.now()`` when the attribute appears). Each time it also opens the first run section and
-    times the click to its ``data-ready``. The last load's console errors, blocked network requests and charts
-    (drawn, nonblank) are reported.
-
-Usage::
-
-    .venv/bin/python bench/report_speed.py                      # 64 runs × 2,000 steps × 12 layers, 3 repeats
-    .venv/bin/python bench/report_speed.py --repeat 1 --keep /tmp/big-sweep --json report-speed.json  # again: reuses it
+A synthetic local sweep in the real on-disk layout (:func:`write_synthetic_sweep`), ``gradwatch report`` on it, then
+the page in headless Chromium. Targets, for 64 runs × 2,000 logged steps × 12 layers: the report in under 10 s, a
+file under 15 MB, the page interactive under 3 s. ``.venv/bin/python bench/report_speed.py`` (a few minutes on 2
+cores); ``--quick`` is a smoke run; ``--json PATH``; ``--keep DIR`` reuses the data. What it measures and how to read
+it: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -86,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import add_quick_and_json, begin, finish, resolve_defaults, write_json
 
 GRID: dict[str, list[Any]] = {
     "model.depth": [4, 8, 16, 32],
@@ -151,7 +96,7 @@ def layer_names(layers: int, norm: str) -> list[str]:
 def write_synthetic_sweep(
     folder: str | Path, runs: int = 64, steps: int = 2000, layers: int = 12, seed: int = 0, workers: int | None = None
 ) -> Path:
-    """Write a local sweep folder like ``gradwatch sweep run --local`` leaves (see the module's docstring).
+    """Write a local sweep folder like ``gradwatch sweep run --local`` leaves (see bench/README.md).
 
     Args:
         folder: Created; must not exist or be empty.
@@ -492,10 +437,10 @@ def time_page(path: Path, repeat: int) -> tuple[list[float], list[float], Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=64, help="trials in the sweep (default: 64, the grid)")
-    parser.add_argument("--steps", type=int, default=2000, help="logged steps per run (default: 2000)")
-    parser.add_argument("--layers", type=int, default=12, help="measured conv/linear layers per run (default: 12)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of the report and the page (default: 3)")
+    parser.add_argument("--runs", type=int, help="trials in the sweep (default: 64, the grid; quick: 4)")
+    parser.add_argument("--steps", type=int, help="logged steps per run (default: 2000; quick: 200)")
+    parser.add_argument("--layers", type=int, help="measured conv/linear layers per run (default: 12; quick: 4)")
+    parser.add_argument("--repeat", type=int, help="timed runs of the report and the page (default: 3; quick: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic data (default: 0)")
     parser.add_argument(
         "--keep",
@@ -503,10 +448,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="DIR",
         help="write the sweep and report here and keep them; a sweep already there is reused",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every measurement here")
+    add_quick_and_json(parser, "a smoke run of seconds, 4 runs × 200 steps × 4 layers; numbers meaningless")
     args = parser.parse_args(argv)
-
-    print(f"python {platform.python_version()} on {os.cpu_count()} cores")
+    resolve_defaults(args, {"runs": (64, 4), "steps": (2000, 200), "layers": (12, 4), "repeat": (3, 1)})
+    if min(args.runs, args.steps, args.repeat) < 1 or args.layers < 2:
+        parser.error("--runs, --steps and --repeat must be >= 1, --layers >= 2")
+    began = begin()
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="gradwatch-report-bench-")
     root = args.keep.resolve() if args.keep else Path(tmp.name)
     try:
@@ -549,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.json is not None:
         result = {
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "config": vars(args),
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
             "data": {"generate_s": generated, "size_mb": data_mb},
             "report_s": _median(report_s),
@@ -562,8 +509,9 @@ def main(argv: list[str] | None = None) -> None:
             "console_errors": page.console_errors,
             "network": page.network,
         }
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         print(f"\nwrote {args.json}")
+    finish(began)
 
 
 if __name__ == "__main__":
