@@ -179,7 +179,7 @@ class LocalSweep:
         if self.spec.method == "random":
             return optuna.samplers.RandomSampler()
         # TPE, not GP: at 100 finished trials a GP proposal took 0.6-5 s of the controller's (and the trials') CPU,
-        # TPE's 50-150 ms (bench/sweep_overhead.py).
+        # TPE's 50-150 ms (measured by the phase-by-phase controller bench, bench/README.md).
         return optuna.samplers.TPESampler(multivariate=True, n_startup_trials=min(10, max(2, self.total // 4)))
 
     def _pruner(self) -> Any:
@@ -455,7 +455,7 @@ def _sqlite_wal(path: Path) -> None:
     """Put the sweep's own SQLite file in write-ahead-log mode (kept in the file).
 
     Each trial costs the controller a few dozen small transactions; with the default rollback journal each one
-    was 8-12 ms of fsync, with WAL 1.5-2.5 ms (bench/sweep_overhead.py). Readers never block the writer either.
+    was 8-12 ms of fsync, with WAL 1.5-2.5 ms (bench/README.md, sweep engine). Readers never block the writer either.
     """
     import sqlite3
 
