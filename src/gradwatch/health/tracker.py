@@ -395,7 +395,8 @@ class GradientTracker:
         if not (due or snapshot or self.config.nonfinite_guard):
             return None
         self._refresh(group)
-        if group.stats is None:
+        if group.stats is None:  # nothing to measure (every layer frozen): nothing to keep for a measurement
+            group.found_inf.clear()
             return None
         report = None
         if due:
