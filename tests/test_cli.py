@@ -316,3 +316,97 @@ def test_argument_of_the_wrong_type_is_rejected_by_the_parser(tmp_path, capsys, 
         main(["fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "many"])
     assert info.value.code == 2
     assert re.search(r"depth.*many", capsys.readouterr().err, re.DOTALL)
+
+
+CONSOLE = Path(sys.executable).with_name("gradwatch")  # the console script `make setup` installs
+DIGITS = ["fit", "--model", "CNN", "--data", "DigitsDataModule"]
+MISTAKES = [
+    (
+        [*DIGITS, "--model.activaton", "relu"],
+        "--model.activaton: CNN has no option 'activaton' (did you mean 'activation'?)",
+    ),
+    (
+        [*DIGITS, "--trainer.max_epohcs", "1"],
+        "--trainer.max_epohcs: no such option (did you mean --trainer.max_epochs?)",
+    ),
+    ([*DIGITS, "--trainer.max_epoch", "1"], "--trainer.max_epoch: no such option (did you mean --trainer.max_epochs?)"),
+    (["fit", "--model", "cnn", "--data", "DigitsDataModule"], "--model cnn: no model 'cnn' (did you mean 'CNN'?)"),
+    (
+        ["fit", "--model", "CNN", "--data", "DigitDataModule"],
+        "--data DigitDataModule: no DataModule 'DigitDataModule' (did you mean 'DigitsDataModule'?)",
+    ),
+    ([*DIGITS, "--model.depth", "abc"], "--model.depth abc: expected a whole number"),
+    ([*DIGITS, "--model.depth", "2.5"], "--model.depth 2.5: expected a whole number"),
+    ([*DIGITS, "--model.optimizer.lr", "fast"], "--model.optimizer.lr fast: expected a number"),
+    ([*DIGITS, "--model.residual", "maybe"], "--model.residual maybe: expected true or false"),
+    ([*DIGITS, "--model.lr", "0.1"], "--model.lr: CNN has no option 'lr'"),
+    (
+        ["fit", "--config", "unknown-key.yaml", "--data", "DigitsDataModule"],
+        "unknown-key.yaml, line 4: CNN has no option 'depht' (did you mean 'depth'?)",
+    ),
+    (
+        ["fit", "--config", "broken.yaml", "--data", "DigitsDataModule"],
+        "broken.yaml, line 5, column 1: expected ',' or ']'",
+    ),
+    (["fit", "--config", "nope.yaml"], "--config nope.yaml: no such file"),
+    (["fitt"], "unknown command 'fitt' (did you mean 'fit'?); commands: fit, validate, test, predict, sweep, report"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), MISTAKES, ids=[" ".join(a[-2:]) for a, _ in MISTAKES])
+def test_a_mistake_on_the_command_line_is_at_most_three_lines(args, message, tmp_path, capsys, monkeypatch):
+    from gradwatch.cli import main as gradwatch_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unknown-key.yaml").write_text("model:\n  class_path: CNN\n  init_args:\n    depht: 3\n")
+    (tmp_path / "broken.yaml").write_text("model:\n  class_path: CNN\n  init_args:\n    depth: [3\n")
+    monkeypatch.setattr(sys, "argv", ["gradwatch", *args])
+    with pytest.raises(SystemExit) as info:
+        gradwatch_main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 3, err
+    assert lines[0].startswith("gradwatch: error: ")
+    assert message in err
+    assert "Traceback" not in err
+    assert "usage:" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_SERVICE", None)
+    return subprocess.run([str(CONSOLE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_bare_gradwatch_and_help_list_every_command(tmp_path):
+    for args, code in (((), 2), (("--help",), 0)):
+        done = console(*args, cwd=tmp_path)
+        assert done.returncode == code
+        for command in ("fit", "validate", "test", "predict", "sweep", "report", "dashboard"):
+            assert re.search(rf"^  {command} +\S", done.stdout, re.MULTILINE), command
+
+
+@pytest.mark.slow
+def test_the_console_script_imports_a_users_module_beside_their_config(tmp_path):
+    (tmp_path / "mypackage.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            import gradwatch
+
+
+            class MLPHeadCNN(gradwatch.CNN):
+                def build_head(self, num_features):
+                    classes = self.hparams.num_classes
+                    return nn.Sequential(nn.Linear(num_features, 32), nn.ReLU(), nn.Linear(32, classes))
+            """
+        )
+    )
+    done = console(
+        "fit", "--model", "mypackage.MLPHeadCNN", "--data", "DigitsDataModule", "--print_config", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "class_path: mypackage.MLPHeadCNN" in done.stdout

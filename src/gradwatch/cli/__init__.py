@@ -12,21 +12,54 @@ without torch. This module imports nothing at the top for the same reason.
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
+
+#: Every command, with the line ``gradwatch`` and ``gradwatch --help`` print for it.
+COMMANDS = {
+    "fit": "train a model (LightningCLI: --model CNN --data DigitsDataModule --model.depth 16 ...)",
+    "validate": "validate a model or a checkpoint",
+    "test": "test a model or a checkpoint",
+    "predict": "predict with a model or a checkpoint (writes predictions.pt into the run folder)",
+    "sweep": "run a W&B sweep file: `sweep run FILE` (online, or locally on Optuna), `sweep agent ID`",
+    "report": "write one self-contained HTML page of gradient health for runs and local sweeps",
+    "dashboard": "build a W&B workspace of gradient health and save it (or write its spec with --dry-run)",
+}
+
+
+def overview() -> str:
+    """What bare ``gradwatch`` and ``gradwatch --help`` print: every command in a line."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
+    return "usage: gradwatch COMMAND [ARGS]   (gradwatch COMMAND --help for its options)\n\ncommands:\n" + "\n".join(
+        lines
+    )
 
 
 def main(args: list[str] | None = None) -> None:
     """Run the ``gradwatch`` command with ``args`` (``sys.argv[1:]`` when ``None``)."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["sweep"]:
+    # As `python -m gradwatch` does: a user's own classes beside their configs (`--model mypackage.MyCNN`) import.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        raise SystemExit(0 if argv else 2)
+    if not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"gradwatch: error: unknown command {argv[0]!r}{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
+    if argv[0] == "sweep":
         from gradwatch.cli.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
-    if argv[:1] == ["report"]:
+    if argv[0] == "report":
         from gradwatch.cli.report import main as report_main
 
         return report_main(argv[1:])
-    if argv[:1] == ["dashboard"]:
+    if argv[0] == "dashboard":
         from gradwatch.cli.dashboard import main as dashboard_main
 
         return dashboard_main(argv[1:])

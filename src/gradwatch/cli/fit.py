@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -14,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from typing_extensions import override
 
 from gradwatch.callbacks.gradient_monitor import GradientMonitor
+from gradwatch.cli.messages import explain
 from gradwatch.errors import ConfigError
 from gradwatch.loggers import run_dir
 from gradwatch.rundir import MONITOR_NAMESPACES, VERDICTS, root_dir, verdict_key
@@ -44,6 +46,31 @@ class GradwatchCLI(LightningCLI):
             auto_configure_optimizers=False,
             args=args,
         )
+
+    @override
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # `--trainer.max_epoch 1` must not quietly mean `--trainer.max_epochs`.
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, and turn a rejected argument into one short :class:`ConfigError` (:mod:`gradwatch.cli.messages`)."""
+        # Parse errors raise instead of printing usage and exiting, in the main parser and in each subcommand's.
+        parser.exit_on_error = False
+        subparsers = parser._subcommands_action._name_parser_map
+        for subparser in subparsers.values():
+            subparser.exit_on_error = False
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            with warnings.catch_warnings():
+                # Lightning warns when `args` are given while sys.argv holds the command that runs this check.
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                super().parse_arguments(parser, args)
+        except argparse.ArgumentError as exc:
+            subparser = subparsers.get(argv[0]) if argv else None
+            options = [o for a in (subparser or parser)._actions for o in a.option_strings]
+            raise ConfigError(explain(exc, argv[1:] if subparser else argv, options)) from exc
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -183,17 +210,6 @@ class _DryCLI(GradwatchCLI):
         except Exception as exc:
             raise ConfigError(_parser_message(exc)) from exc
         return self.config[self.subcommand]
-
-    @override
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        # Parse errors raise instead of printing usage and exiting, in the main parser and in each subcommand's.
-        parser.exit_on_error = False
-        for subparser in parser._subcommands_action._name_parser_map.values():
-            subparser.exit_on_error = False
-        with warnings.catch_warnings():
-            # Lightning warns when `args` are given while sys.argv holds the command that runs this check.
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            super().parse_arguments(parser, args)
 
     @override
     def _set_seed(self) -> None:
