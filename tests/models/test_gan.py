@@ -326,3 +326,10 @@ def test_cli_configures_optimizers(tmp_path, monkeypatch) -> None:
     untouched = cli.model.discriminator_optimizer(params)  # GANAdam: DCGAN's settings unless told otherwise
     assert (untouched.defaults["lr"], untouched.defaults["betas"]) == (2e-4, (0.5, 0.999))
     assert "generator_optimizer" in cli.parser.dump(cli.config)
+
+
+def test_a_model_made_in_a_notebook_samples_from_its_own_arguments_or_says_what_it_needs():
+    with pytest.raises(RuntimeError, match=r"GAN has no networks yet: .* in_channels, image_size are known; pass them"):
+        GAN().sample(4)
+    images = GAN(in_channels=1, image_size=8, latent_dim=8).sample(4, seed=0)
+    assert images.shape == (4, 1, 8, 8)

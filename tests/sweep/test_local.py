@@ -216,12 +216,23 @@ def test_a_changed_file_or_a_second_controller_is_refused(tmp_path):
         LocalSweep(load_sweep(changed), tmp_path / "out")
 
 
-@pytest.mark.parametrize(
-    "url", ["sqlite:////no/such/folder/sweep.db", "postgresql://nobody@127.0.0.1:1/none", "nosuchdb://host/db"]
-)
+@pytest.mark.parametrize("url", ["sqlite:////no/such/folder/sweep.db", "nosuchdb://host/db"])
 def test_an_unreachable_storage_is_named(tmp_path, url):
     path = scripted(tmp_path, {"x": {"values": [1]}})
     with pytest.raises(SweepError, match=re.escape(f"cannot open --storage {url}: ")):
+        LocalSweep(load_sweep(path), tmp_path / "out", storage=url)
+
+
+def test_a_postgresql_storage_names_its_driver_or_the_server_it_cannot_reach(tmp_path):
+    import importlib.util
+
+    path = scripted(tmp_path, {"x": {"values": [1]}})
+    url = "postgresql://nobody@127.0.0.1:1/none"
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is None:
+        expected = "no PostgreSQL driver is installed; install gradwatch's 'postgres' extra"
+    else:  # with the driver the URL gets it, and the closed port is named
+        expected = "cannot open --storage postgresql+psycopg://nobody@127.0.0.1:1/none: "
+    with pytest.raises(SweepError, match=re.escape(expected)):
         LocalSweep(load_sweep(path), tmp_path / "out", storage=url)
 
 

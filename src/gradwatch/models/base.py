@@ -52,6 +52,26 @@ class GradwatchModule(pl.LightningModule):
             self.build()
             self._built = True
 
+    def require_built(self) -> None:
+        """Build the networks if they can be, else say in one line what they wait for.
+
+        A model made in a notebook without its shapes has no networks until a Trainer (or :meth:`check_data` then
+        ``configure_model``) reads them from the data.
+
+        Raises:
+            RuntimeError: a shape is still unknown; the message names it.
+        """
+        if self._built:
+            return
+        missing = [p for p in self.data_shapes if self.hparams.get(p) is None and p not in self.data_defaults]
+        if missing:
+            name = type(self).__name__
+            raise RuntimeError(
+                f"{name} has no networks yet: they are built once {', '.join(missing)} are known; pass them "
+                f"({name}({', '.join(f'{p}=...' for p in missing)})) or fit it with a DataModule first"
+            )
+        self._build_once()
+
     def check_data(self, datamodule: pl.LightningDataModule | None) -> None:
         """Read unknown shapes from ``datamodule`` and check the given ones against it.
 

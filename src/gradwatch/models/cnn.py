@@ -226,6 +226,7 @@ class CNN(SupervisedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, num_classes)`` for images ``(N, C, H, W)``."""
+        self.require_built()
         return self.head(self.backbone(x))
 
     @override

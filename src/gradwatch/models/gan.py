@@ -309,6 +309,7 @@ class GAN(GradwatchModule):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images ``G(z)`` for latents ``(N, latent_dim)``."""
+        self.require_built()
         return self.generator(z)
 
     def latent(self, n: int, *, seed: int | None = None) -> torch.Tensor:
@@ -318,6 +319,7 @@ class GAN(GradwatchModule):
 
     def sample(self, n: int, *, seed: int | None = None) -> torch.Tensor:
         """``n`` generated images ``(N, C, H, W)`` in ``[-1, 1]``, with the generator in eval mode and no grad."""
+        self.require_built()
         was_training = self.generator.training
         self.generator.eval()
         try:

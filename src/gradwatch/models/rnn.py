@@ -164,4 +164,5 @@ class RNN(SupervisedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs ``(N, num_outputs)``, or ``(N, output_steps, num_outputs)``, for sequences ``(N, T, input_size)``."""
+        self.require_built()
         return self.head(self.readout(self.backbone(x)))

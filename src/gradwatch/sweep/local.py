@@ -102,7 +102,7 @@ class LocalSweep:
         self.total = self._total(count)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.folder)
-        self.storage_url = storage or f"sqlite:///{(self.folder / STUDY_FILE).resolve()}"
+        self.storage_url = with_driver(storage) if storage else f"sqlite:///{(self.folder / STUDY_FILE).resolve()}"
         self._shared = storage is not None
         self.study = self._open_study()
         self._space = self._distributions()
@@ -424,6 +424,35 @@ def _grid_sampler(search_space: dict[str, list[Any]]) -> Any:
             """Do nothing."""
 
     return GridSampler(search_space, seed=0)
+
+
+#: Database URL schemes → (the SQLAlchemy driver gradwatch installs for it, the extra that installs it).
+DRIVERS = {"postgresql": ("psycopg", "postgres"), "postgres": ("psycopg", "postgres")}
+
+
+def with_driver(url: str) -> str:
+    """``url`` with the SQLAlchemy driver gradwatch's extra installs, when it names none.
+
+    ``postgresql://`` means SQLAlchemy's psycopg2 by default; the ``postgres`` extra installs psycopg 3, so the URL
+    becomes ``postgresql+psycopg://`` unless psycopg2 is importable. A URL naming its driver is left alone.
+
+    Raises:
+        SweepError: no driver for the URL's database is installed (the message says how to get one).
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or "+" in scheme or scheme not in DRIVERS:
+        return url
+    driver, extra = DRIVERS[scheme]
+    if importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec(driver) is None:
+        raise SweepError(
+            f"--storage {url}: no PostgreSQL driver is installed; install gradwatch's {extra!r} extra (psycopg 3; in "
+            f"a checkout: .venv/bin/pip install -e '.[{extra}]') or psycopg2"
+        )
+    return f"postgresql+{driver}://{rest}"
 
 
 def interrupted(trials: list[Any]) -> set[int]:
