@@ -31,6 +31,15 @@ def gradwatch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
     )
 
 
+#: Upstream lines no run of ours should print: advertisements, deprecations we cause, warnings about our own folders.
+NOISE = ("💡 Tip", "anonymous setting", "exists and is not empty", "dirpath has changed")
+
+
+def assert_quiet(run: subprocess.CompletedProcess) -> None:
+    said = run.stdout + run.stderr
+    assert not [noise for noise in NOISE if noise in said], said[-3000:]
+
+
 def only_run_dir(root: Path) -> Path:
     (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
     return run_dir
@@ -52,6 +61,7 @@ def test_fit_cnn_on_digits_then_validate_and_test_its_checkpoint(tmp_path):
     assert "gradients healthy" in line  # the GradientMonitor runs by default and found nothing wrong
     assert f"upload: wandb sync {wandb_dir.relative_to(tmp_path)}" in line or f"wandb sync {wandb_dir}" in line
 
+    assert_quiet(fit)
     rows = read_metrics(run_dir / "metrics.csv")
     assert len(column(rows, "val/acc")) == 2
     assert column(rows, "train/loss")
@@ -74,6 +84,7 @@ def test_fit_cnn_on_digits_then_validate_and_test_its_checkpoint(tmp_path):
         args = ["--model", "CNN", "--data", "DigitsDataModule", "--ckpt_path", str(checkpoint), *QUICK]
         run = gradwatch(subcommand, *args, cwd=tmp_path)
         assert run.returncode == 0, run.stderr
+        assert_quiet(run)
         (new_dir,) = {p for p in (tmp_path / "runs").iterdir() if p.is_dir()} - known
         known.add(new_dir)
         (score,) = column(read_metrics(new_dir / "metrics.csv"), key)

@@ -80,10 +80,13 @@ def default_loggers(root_dir: str | Path, *, run_id: str | None = None, project:
     # git_root: W&B looks for the code's git repository in the run folder, which does not exist yet; the code is
     # where the command runs. quiet: offline, W&B's banner and summary would bury the line saying where the run went.
     settings = wandb.Settings(git_root=os.getcwd(), quiet=offline)
+    wandb_logger = WandbLogger(save_dir=str(run_dir), id=run_id, project=project, offline=offline, settings=settings)
+    # Lightning passes `anonymous=None` to wandb.init, which W&B 0.19+ answers with a deprecation warning every run.
+    getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
     return [
         # Flushing every 10 steps lets a report read a run that is still training.
         CSVLogger(save_dir=root_dir, name="", version=run_id, flush_logs_every_n_steps=10),
-        WandbLogger(save_dir=str(run_dir), id=run_id, project=project, offline=offline, settings=settings),
+        wandb_logger,
     ]
 
 

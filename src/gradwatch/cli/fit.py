@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -90,6 +91,10 @@ class GradwatchCLI(LightningCLI):
     def _check_data(self) -> None:
         """Check the model against the data before the Trainer creates any run."""
         from gradwatch.models.base import GradwatchModule
+
+        if self.subcommand != "fit":
+            # Evaluating a checkpoint in a run folder of its own: its ModelCheckpoint's folder changed, as it should.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
 
         if isinstance(self.model, GradwatchModule):
             self.model.check_data(self.datamodule)
@@ -268,6 +273,10 @@ def describe(err: ConfigError) -> str:
     return f"--{section}.{err.param}: {err}" if section else f"{err.param}: {err}"
 
 
+def _no_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the ``gradwatch`` command; bad configuration exits with status 2 and one paragraph, no traceback."""
     # albumentations checks online for a newer release at import; trials and offline machines must not wait.
@@ -277,6 +286,8 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # Lightning 2.6 calls a torch pytree API that torch 2.15 deprecates, once per run: not the user's to act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning advertises its cloud services twice a run ("💡 Tip: ... litlogger", "... litmodels").
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
     try:
         GradwatchCLI(args)
     except Exception as exc:
