@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -37,3 +41,30 @@ def test_a_pruned_trial_with_the_best_last_value_ranks_after_every_finished_one(
         (0, "pruned", 0.95),
         (2, "failed", None),
     ]
+
+
+SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_the_table_fits_80_columns_and_shows_every_run(path):
+    from rich.console import Console
+
+    from gradwatch.sweep.results import TrialResult, render
+    from gradwatch.sweep.spec import load_sweep
+
+    spec = load_sweep(path)
+    params = {name: p.examples()[-1] for name, p in spec.parameters.items()}
+    far = "/far/away/runs/sweeps/x/runs/"
+    rows = [
+        TrialResult(0, "finished", params, 0.987654, "vanishing 15", -12.345, far + "k3j2h1g0", 9.0, None),
+        TrialResult(17, "interrupted", params, None, "exploding 2, nonfinite 1", None, far + "zz9yy8xx", 1.0, "exit"),
+    ]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(render(rows, spec, width=80))
+    text = console.export_text()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for shown in ("k3j2h1g0", "zz9yy8xx", "interrupted", "-12.35", "0.9877", "nonfinite"):
+        assert shown in text, shown
+    assert "/far/" not in text  # run ids, not paths

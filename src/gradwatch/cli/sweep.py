@@ -116,8 +116,8 @@ def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
         code = 130
     results = collect(sweep.study, spec)
     csv_path, _ = save(results, sweep.folder)
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(render(results, spec))
+    console = Console(width=None if sys.stdout.isatty() else 80)  # a log or a pipe gets the 80 columns of a terminal
+    console.print(render(results, spec, width=console.width))
     states = [r.state for r in results]
     done = ", ".join(f"{states.count(s)} {s}" for s in ("finished", "pruned", "failed") if s in states)
     resume = "; run the same command to resume" if code else ""

@@ -97,40 +97,77 @@ def save(results: list[TrialResult], folder: Path) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
-def render(results: list[TrialResult], spec: SweepSpec) -> Any:
-    """A rich ``Table`` of the results, best first."""
+def render(results: list[TrialResult], spec: SweepSpec, width: int = 80) -> Any:
+    """A rich ``Table`` of the results, best first, that fits ``width`` columns.
+
+    Parameters go by their last dotted part (``model.depth`` → ``depth``) unless two share it, runs by their id,
+    values to 3 significant digits; constants are left out. When a column per parameter would not fit, the parameters
+    share one column that wraps. ``results.csv`` keeps the full names, values, paths and errors.
+    """
+    from rich import box
     from rich.table import Table
 
     metric = spec.metric.name if spec.metric is not None else "metric"
-    goal = f" ({spec.metric.goal})" if spec.metric is not None else ""
-    table = Table(title=f"sweep {spec.name}: {len(results)} trials", title_justify="left")
-    table.add_column("trial", justify="right")
-    for name in spec.parameters:
-        table.add_column(name)
-    table.add_column(metric + goal, justify="right")
-    table.add_column("gradients")
-    table.add_column("attenuation", justify="right")
-    table.add_column("state")
-    table.add_column("run")
-    for r in results:
-        table.add_row(
-            str(r.trial),
-            *(str(r.params[name]) for name in spec.parameters),
-            _number(r.metric),
-            r.health,
-            _number(r.attenuation, "{:.2f}"),
-            r.state if r.error is None else f"{r.state}: {r.error}",
-            _relative(r.run_dir),
+    arrow = {"maximize": " ↑", "minimize": " ↓"}.get(spec.metric.goal, "") if spec.metric is not None else ""
+    axes = [name for name, p in spec.parameters.items() if p.distribution != "constant"]  # constants: no axis
+    names = short_names(axes)
+    values = [[_value(r.params[name]) for name in axes] for r in results]
+    tail = [
+        [_number(r.metric), r.health, _number(r.attenuation, "{:.2f}"), r.state, Path(r.run_dir).name] for r in results
+    ]
+    tail_headers = [metric + arrow, "gradients", "atten.", "state", "run"]
+    headers = [names[name] for name in axes]
+
+    def widest(column: list[str], header: str) -> int:
+        return max([len(header), *map(len, column)])
+
+    needed = sum(widest([row[i] for row in values], h) + 2 for i, h in enumerate(headers))
+    needed += sum(widest([row[i] for row in tail], h) + 2 for i, h in enumerate(tail_headers)) + 4
+    narrow = needed > width
+    if narrow:  # one wrapping column of `name value` pairs instead of a column each
+        headers = ["parameters"]
+        values = [[", ".join(f"{names[n]} {v}" for n, v in zip(axes, row, strict=True))] for row in values]
+    table = Table(
+        title=f"sweep {spec.name}: {len(results)} trials (every column: results.csv)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    for header in headers:
+        table.add_column(header, overflow="fold", min_width=16 if header == "parameters" else None)
+    for header in tail_headers:
+        wraps = header == "gradients"  # "exploding 2, nonfinite 1" wraps after its comma
+        table.add_column(
+            header,
+            justify="left" if header in ("gradients", "state", "run") else "right",
+            no_wrap=not wraps,
+            min_width=10 if wraps else None,
+            max_width=12 if wraps and narrow else None,
         )
+    for r, front, back in zip(results, values, tail, strict=True):
+        table.add_row(str(r.trial), *front, *back)
     return table
 
 
-def _relative(path: str) -> str:
-    """``path`` relative to the working directory when it lies inside it: the table stays narrow."""
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
+def _value(value: Any) -> str:
+    """A parameter's value in a cell: floats to 3 significant digits (``0.00215``, not ``0.002153708731221119``)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def short_names(names: Any) -> dict[str, str]:
+    """Each dotted name by its last part, or in full where two names share that part.
+
+    Example::
+
+        >>> short_names(["model.depth", "model.norm", "data.norm"])
+        {'model.depth': 'depth', 'model.norm': 'model.norm', 'data.norm': 'data.norm'}
+    """
+    names = list(names)
+    last = [name.rsplit(".", 1)[-1] for name in names]
+    return {name: part if last.count(part) == 1 else name for name, part in zip(names, last, strict=True)}
 
 
 def _number(value: float | None, fmt: str = "{:.4g}") -> str:
