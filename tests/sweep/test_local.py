@@ -101,7 +101,7 @@ def test_grid_of_four_on_digits_two_workers_end_to_end(tmp_path):
         assert cfg["sweep_name"] == "digits-grid"
         assert run_group(wandb_file) == "digits-grid"
     table = out[out.index("sweep digits-grid: 4 trials") :]
-    for column_name in ("val/acc (maximize)", "gradients", "attenuation", "state", "run"):
+    for column_name in ("val/acc ↑", "gradients", "atten.", "state", "run"):
         assert column_name in table
     with (folder / "results.csv").open() as f:
         header = f.readline().strip().split(",")
