@@ -12,7 +12,8 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "Installing gradwatch and its dependencies into $(VENV): about 6.3 GB with torch's CUDA build, minutes on a slow network"
+	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
 setup: $(STAMP)

@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 
 from gradwatch.rundir import (
+    VERDICTS_FILE,
     Metrics,
     SweepInfo,
+    append_verdict,
     describe_health,
     health_summary,
     ranked,
     read_layers,
     read_metrics,
     read_results,
+    read_verdicts,
     trial_files,
 )
 
@@ -88,6 +91,16 @@ def test_layers_come_from_the_hyperparameter_else_natural_order(tmp_path):
     assert read_layers(tmp_path) == ["blocks.2", "blocks.10"]
     (tmp_path / "hparams.yaml").write_text("gradwatch/layers:\n- stem\n- blocks.2\n- blocks.10\n")
     assert read_layers(tmp_path) == ["stem", "blocks.2", "blocks.10"]
+
+
+def test_verdict_lines_are_read_back_oldest_first_and_a_half_written_one_is_left_out(tmp_path):
+    assert read_verdicts(tmp_path) == []
+    first = {"step": 4, "verdict": "vanishing", "line": "step 4: ...", "advice": "likely cause: x; try y"}
+    append_verdict(tmp_path / "run", first)
+    append_verdict(tmp_path / "run", {**first, "step": 9})
+    with (tmp_path / "run" / VERDICTS_FILE).open("a") as f:
+        f.write('{"step": 12, "verdict": "expl')  # the monitor is mid-line
+    assert [entry["step"] for entry in read_verdicts(tmp_path / "run")] == [4, 9]
 
 
 def test_results_are_read_by_run_id_and_a_sweep_still_running_has_none(tmp_path):

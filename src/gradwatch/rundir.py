@@ -9,6 +9,7 @@ A **run folder** (``gradwatch fit``: ``<root>/<run id>/``; a user's CSVLogger: `
     metrics.csv      every logged metric, one row per logging call (Lightning's CSV logger)
     hparams.yaml     the model's hyperparameters, and the layer order under LAYERS_KEY
     config.yaml      the whole LightningCLI config (gradwatch fit)
+    verdicts.jsonl   every verdict line the GradientMonitor said, with its likely cause and remedy
     gradient-flow/   flow images; samples/ a GAN's grids; checkpoints/; wandb/ the offline W&B run
 
 A **sweep folder** (``gradwatch sweep run --local``: ``<root>/sweeps/<name>/``)::
@@ -52,6 +53,9 @@ RUNS_DIR = "runs"
 TRIALS_DIR = "trials"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
+#: One JSON object a line for each verdict line the GradientMonitor said: step, verdict, network, layers, line and
+#: advice (its ``likely cause: ...; try ...`` part).
+VERDICTS_FILE = "verdicts.jsonl"
 #: Folders inside a run folder that hold no run of their own.
 NOT_RUNS = frozenset({"wandb", "checkpoints", FLOW_DIR, SAMPLES_DIR, TRIALS_DIR, "__pycache__"})
 
@@ -290,6 +294,30 @@ class SweepInfo:
         constants = frozenset(key for key, p in parameters.items() if isinstance(p, Mapping) and "value" in p)
         goal = metric.get("goal", "minimize")
         return cls(str(config.get("name") or name), list(parameters), constants, metric.get("name"), goal)
+
+
+def append_verdict(run_dir: Path, entry: Mapping[str, Any]) -> None:
+    """Add one verdict line to the run's :data:`VERDICTS_FILE` (written as the monitor says it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / VERDICTS_FILE).open("a") as f:
+        f.write(json.dumps(dict(entry)) + "\n")
+
+
+def read_verdicts(run_dir: Path) -> list[dict[str, Any]]:
+    """The verdict lines a run's monitor said, oldest first (a half-written last line is left out)."""
+    try:
+        lines = (run_dir / VERDICTS_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "verdict" in entry and "advice" in entry:
+            entries.append(entry)
+    return entries
 
 
 def read_results(sweep_folder: Path) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from conftest import column, make_trainer, read_metrics
 from gradwatch import CNN, GAN, RNN, AddingProblemDataModule, ConfigError, DigitsDataModule
 from gradwatch.callbacks import GradientHealthError, GradientMonitor
 from gradwatch.health import Verdict
+from gradwatch.rundir import read_verdicts
 
 SGD = functools.partial(torch.optim.SGD, lr=0.05)
 
@@ -68,6 +69,11 @@ def test_deep_saturating_network_vanishes_and_names_the_early_layers(tmp_path, c
     (line,) = [r.getMessage() for r in caplog.records if "vanishing" in r.getMessage()]
     assert "step 4: vanishing gradients in" in line
     assert "sigmoid × 12 blocks without residual or norm; try activation=relu / residual=true / norm=batch" in line
+    # The run folder keeps what was said, for the report to show beside the run.
+    (said,) = read_verdicts(tmp_path / "csv")
+    assert line.endswith(said["line"])
+    assert said["advice"] == line[line.index("likely cause: ") :]
+    assert (said["step"], said["verdict"], tuple(said["layers"])) == (4, "vanishing", named)
 
 
 def test_same_depth_with_relu_residual_and_batch_norm_has_no_verdict(tmp_path):

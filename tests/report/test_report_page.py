@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from lightning.pytorch.loggers import CSVLogger
-from report_data import EXPECTED_SUMMARY, gradwatch, vanishing_sweep
+from report_data import EXPECTED_SUMMARY, gradwatch, run_sweep, vanishing_sweep
 
 from conftest import make_trainer
 from gradwatch import CNN, ActivationMonitor, DigitsDataModule, GradientMonitor
@@ -72,6 +72,38 @@ def test_the_results_table_sorts_by_a_clicked_column(vanishing_sweep, report_bro
         report.close()
 
 
+def test_a_sweep_report_rounds_its_labels_and_draws_no_axis_for_a_constant(tmp_path, report_browser):
+    lr = 0.002153708731221119  # a value a random search draws
+    parameters = {
+        "depth": {"values": [4, 8, 16]},
+        "lr": {"values": [lr, 0.01]},
+        "activation": {"value": "sigmoid"},
+        "residual": {"value": False},
+    }
+    sweep = run_sweep(tmp_path, name="rounded", parameters=parameters)
+    out = tmp_path / "rounded.html"
+    gradwatch("report", str(sweep), "-o", str(out), cwd=tmp_path, check=True)
+    report = report_browser.page(out)
+    try:
+        report.wait_ready()
+        text = report.text()
+        table = report.page.locator("table.gw-results th").all_inner_texts()
+        chart = report.page.locator('.gw-chart[data-chart="sweep-0-parallel"]')
+        axes = chart.locator(".xtick text").evaluate_all("texts => texts.map(t => t.textContent)")
+        labels = chart.locator(".annotation-text").evaluate_all("texts => texts.map(t => t.textContent)")
+        assert report.console_errors == []
+    finally:
+        report.close()
+    # The constants (one value in every run) are neither parallel axes nor table columns.
+    assert axes == ["depth", "lr", "val/acc", "attenuation"]
+    assert [name for name in table if name in {"depth", "lr", "activation", "residual"}] == ["depth", "lr"]
+    # Every number to 4 significant digits, and an axis of a few values ticked at each of them.
+    assert str(lr) not in text
+    assert "0.002154" in labels
+    assert {"4", "8", "16"} <= set(labels)
+    assert "0.002154" in text  # in the results table and the runs' headers
+
+
 def test_a_users_own_trainer_with_the_monitors_gets_every_run_chart(tmp_path, report_browser):
     monitors = [GradientMonitor(log_every_n_steps=1), ActivationMonitor(every_n_steps=2)]
     logger = CSVLogger(tmp_path / "logs")  # Lightning's own layout: logs/lightning_logs/version_0/
@@ -94,18 +126,43 @@ def test_a_users_own_trainer_with_the_monitors_gets_every_run_chart(tmp_path, re
 
 
 @pytest.mark.slow
-def test_a_gradwatch_fit_run_reports_its_saved_config(tmp_path):
+def test_a_gradwatch_fit_run_reports_its_config_the_monitors_advice_and_unbroken_lines(tmp_path, report_browser):
     gradwatch(
-        "fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "3", "--trainer.max_steps", "4",
-        "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", "runs", cwd=tmp_path, check=True,
+        "fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "12", "--model.activation", "sigmoid",
+        "--model.norm", "none", "--model.optimizer", "torch.optim.SGD", "--trainer.max_steps", "6",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.default_root_dir", "runs", cwd=tmp_path, check=True,
     )  # fmt: skip
     done = gradwatch("report", "runs", cwd=tmp_path, check=True)
 
     (run,) = find(tmp_path / "runs").runs
-    html = (tmp_path / "runs" / "report.html").read_text()
-    assert f"{tmp_path / 'runs' / 'report.html'}" in done.stdout
-    assert run.config["model.depth"] == 3
+    out = tmp_path / "runs" / "report.html"
+    assert f"{out}" in done.stdout
+    assert run.config["model.depth"] == 12
     assert run.config["model"] == "gradwatch.CNN"
-    assert "<td>model.depth</td><td>3</td>" in html
+    assert "<td>model.depth</td><td>12</td>" in out.read_text()
     assert run.layers[0] == "backbone.stem.conv"
     assert run.layers[-1] == "head"
+    # The console's cause and remedy, in the summary and beside the run's charts.
+    advice = (
+        "likely cause: sigmoid × 12 blocks without residual or norm; try activation=relu / residual=true / norm=batch"
+    )
+    report = report_browser.page(out)
+    try:
+        report.wait_ready()
+        summary, text = report.text("#summary"), report.text()
+        chart = report.page.locator('.gw-chart[data-chart="run-0-update-ratio"]')
+        ticks = chart.locator(".ytick text").evaluate_all("texts => texts.map(t => t.textContent)")
+        lines = chart.locator(".scatterlayer path.js-line").evaluate_all("paths => paths.map(p => p.getAttribute('d'))")
+        assert report.console_errors == []
+    finally:
+        report.close()
+    assert f"Run {run.id}: vanishing in " in summary
+    assert f"at its last measurement. L{advice[1:]}." in summary
+    assert f"vanishing: {advice}" in text
+    # Under plain SGD the first layers' weights do not move at all: their zero updates are drawn on the axis's 0,
+    # and every layer's line is one unbroken stroke (a gap starts a new "M" in its SVG path).
+    assert (run.metrics.series("grad/update_ratio/backbone.stem.conv")[1] == 0).any()
+    assert ticks[0] == "0"
+    assert len(lines) == len(run.layers)
+    assert [d.count("M") for d in lines] == [1] * len(lines)

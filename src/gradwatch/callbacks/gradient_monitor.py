@@ -18,7 +18,7 @@ from gradwatch.errors import ConfigError
 from gradwatch.health import Finding, Verdict, advise
 from gradwatch.health.tracker import GradientTracker, Report, TrackerConfig
 from gradwatch.loggers import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step, run_dir
-from gradwatch.rundir import FLOW_DIR, GRAD_HIST, LAYERS_KEY
+from gradwatch.rundir import FLOW_DIR, GRAD_HIST, LAYERS_KEY, append_verdict
 
 # Verdicts are one line each on stderr (logging's last-resort handler when the user configured none), not warnings,
 # which would print the source line under them.
@@ -170,6 +170,7 @@ class GradientMonitor(Callback):
         self.stopped_reason: str | None = None
         self._loaded: dict[str, Any] | None = None
         self._flow_step: int | None = None
+        self._run_dir: Path | None = None
         self._flow_folder: Path | None = None
 
     @property
@@ -200,8 +201,9 @@ class GradientMonitor(Callback):
                 " FSDPStrategy(use_orig_params=True)), or --gradients null to train without the monitor",
             )
         # Resolved here, on every process: `trainer.log_dir` is a collective under DDP, so asking for it later on
-        # rank 0 alone would hang or kill the run. Without any logger nobody would receive the images.
-        self._flow_folder = run_dir(trainer) / FLOW_DIR if trainer.loggers else None
+        # rank 0 alone would hang or kill the run. Without any logger there is no run folder to receive anything.
+        self._run_dir = run_dir(trainer) if trainer.loggers else None
+        self._flow_folder = self._run_dir / FLOW_DIR if self._run_dir is not None else None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -276,7 +278,10 @@ class GradientMonitor(Callback):
             _drop_gradients(optimizer)
         stop_reason = raised = None
         for action in report.actions:
-            line = self._line(trainer, pl_module, report, action.finding)
+            advice = self._advice(trainer, pl_module, report, action.finding)
+            where = f"{report.group.name} " if report.group.name else ""
+            line = f"step {report.step}: {where}{action.finding.describe()}; {advice}"
+            self._record(trainer, report, action.finding, line, advice)
             if action.action == "raise":
                 raised = raised or line
             elif action.action == "stop":
@@ -304,10 +309,10 @@ class GradientMonitor(Callback):
             if stop_reason is not None or trainer.is_global_zero:
                 log.warning("gradwatch: stopping: %s", self.stopped_reason)
 
-    def _line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: Report, finding: Finding) -> str:
+    def _advice(self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: Report, finding: Finding) -> str:
         group = report.group
         assert group.optimizer is not None
-        advice = advise(
+        return advise(
             finding.verdict,
             dict(pl_module.hparams),
             prefix=getattr(pl_module, "config_prefixes", {}).get(group.name, ""),
@@ -316,8 +321,20 @@ class GradientMonitor(Callback):
             precision=str(trainer.precision),
             updates=report.updates,
         )
-        where = f"{group.name} " if group.name else ""
-        return f"step {report.step}: {where}{finding.describe()}; {advice}"
+
+    def _record(self, trainer: pl.Trainer, report: Report, finding: Finding, line: str, advice: str) -> None:
+        """Keep the line in the run folder, where the report shows it beside the run's charts."""
+        if self._run_dir is None or not trainer.is_global_zero:
+            return
+        entry = {
+            "step": report.step,
+            "verdict": finding.verdict.value,
+            "network": report.group.name,
+            "layers": list(finding.layers),
+            "line": line,
+            "advice": advice,
+        }
+        append_verdict(self._run_dir, entry)
 
     def _alert(self, trainer: pl.Trainer, finding: Finding, line: str) -> None:
         logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)

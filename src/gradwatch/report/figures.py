@@ -7,6 +7,7 @@ long series are thinned to what a chart a few hundred pixels wide can show.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -167,33 +168,61 @@ def _span(x0: float, x1: float, colour: str) -> dict[str, Any]:
 
 
 def layer_lines(run: Run, prefix: str, title: str, *, log: bool = True, ytitle: str = "") -> Figure | None:
-    """One line per layer of ``<prefix><layer>``, coloured input → output."""
+    """One line per layer of ``<prefix><layer>``, coloured input → output.
+
+    On a log axis an exact zero (a layer whose weights did not move at all, its update lost to rounding) would be a
+    gap in its line; zeros are drawn instead on a dotted floor a decade under the smallest other value, labelled 0.
+    """
     layers = [layer for layer in run.layers if f"{prefix}{layer}" in run.metrics.columns] or run.metrics.keys(prefix)
+    series = [(layer, *run.metrics.series(f"{prefix}{layer}")) for layer in layers]
+    series = [(layer, steps, values) for layer, steps, values in series if len(values)]
+    floor = _zero_floor([values for _, _, values in series]) if log else None
     traces = []
-    for layer, colour in zip(layers, layer_colours(len(layers)), strict=True):
-        steps, values = run.metrics.series(f"{prefix}{layer}")
-        if not len(values):
-            continue
-        if log:
-            values = np.where(values > 0, values, np.nan)
+    for (layer, steps, values), colour in zip(series, layer_colours(len(series)), strict=True):
+        hover = "%{y:.3g}"
+        if floor is not None:
+            zero = values == 0
+            values = np.where(zero, floor, values)
+            if zero.any():
+                hover = "%{customdata}"  # the value as logged, not the floor it is drawn on
         steps, values = thin(steps, values)
-        traces.append(
-            {
-                "type": "scattergl" if len(values) > 1000 else "scatter",
-                "mode": "lines",
-                "name": layer,
-                "x": typed(steps),
-                "y": typed(values),
-                "line": {"width": 1.2, "color": colour},
-                "hovertemplate": f"{layer}<br>step %{{x:.0f}}<br>%{{y:.3g}}<extra></extra>",
-            }
-        )
+        trace = {
+            "type": "scattergl" if len(values) > 1000 else "scatter",
+            "mode": "lines",
+            "name": layer,
+            "x": typed(steps),
+            "y": typed(values),
+            "line": {"width": 1.2, "color": colour},
+            "hovertemplate": f"{layer}<br>step %{{x:.0f}}<br>{hover}<extra></extra>",
+        }
+        if hover != "%{y:.3g}":
+            trace["customdata"] = ["0" if v == floor else f"{v:.3g}" for v in values]
+        traces.append(trace)
     if not traces:
         return None
     yaxis: dict[str, Any] = {"title": {"text": ytitle}, "exponentformat": "power"}
+    extra: dict[str, Any] = {}
     if log:
         yaxis["type"] = "log"
-    return {"data": traces, "layout": base_layout(title, yaxis=yaxis, xaxis={"title": {"text": "step"}})}
+    if floor is not None:
+        # The floor is ticked "0" and the decades above it every few: the axis reads 0, 10^-12, 10^-10, ...
+        low, high = round(math.log10(floor)), math.ceil(math.log10(max(float(v.max()) for _, _, v in series)))
+        step = max(1, math.ceil((high - low) / 6))
+        decades = range(low + step, high + 1, step)
+        yaxis["tickvals"] = [floor, *(10.0**k for k in decades)]
+        yaxis["ticktext"] = ["0", *(f"10<sup>{k}</sup>" for k in decades)]
+        line = {"color": "#999", "width": 1, "dash": "dot"}
+        extra["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": floor, "y1": floor, "line": line}]
+    return {"data": traces, "layout": base_layout(title, yaxis=yaxis, xaxis={"title": {"text": "step"}}, **extra)}
+
+
+def _zero_floor(series: Sequence[np.ndarray]) -> float | None:
+    """Where a log chart draws its zeros: a decade under its smallest positive value (None when nothing is 0)."""
+    if not any((values == 0).any() for values in series):
+        return None
+    positive = [values[values > 0].min() for values in series if (values > 0).any()]
+    lowest = min(positive, default=1.0)
+    return float(10 ** (math.floor(math.log10(lowest)) - 1))
 
 
 def activation_fractions(run: Run) -> Figure | None:
@@ -291,9 +320,9 @@ def parallel_coordinates(sweep: Sweep) -> Figure | None:
         value, attenuation = sweep.value(run), run.health().get("attenuation")
         if attenuation is not None and (sweep.metric is None or value is not None):
             rows.append((run, value, attenuation))
-    if len(rows) < 2 or not sweep.parameters:
+    if len(rows) < 2 or not sweep.axes:
         return None
-    columns = [(short(name), [run.params.get(name) for run, _, _ in rows]) for name in sweep.parameters]
+    columns = [(short(name), [run.params.get(name) for run, _, _ in rows]) for name in sweep.axes]
     if sweep.metric is not None:
         columns.append((sweep.metric, [value for _, value, _ in rows]))
     columns.append(("attenuation", [attenuation for _, _, attenuation in rows]))
@@ -374,16 +403,14 @@ def facets(sweep: Sweep) -> tuple[list[str], list[str]]:
     drawn at random) lay out nothing.
     """
     usable = [
-        name
-        for name in sweep.parameters
-        if 1 < len({str(run.params.get(name)) for run in sweep.runs}) <= MAX_FACET_VALUES
+        name for name in sweep.axes if 1 < len({str(run.params.get(name)) for run in sweep.runs}) <= MAX_FACET_VALUES
     ]
     half = len(usable) // 2
     return usable[:half], usable[half:]
 
 
 def _facet_label(run: Run, names: Sequence[str]) -> str:
-    return ", ".join(f"{short(n)}={run.params.get(n)}" for n in names)
+    return ", ".join(f"{short(n)}={format_value(run.params.get(n))}" for n in names)
 
 
 def heatmap_grid(sweep: Sweep) -> Figure | None:

@@ -111,20 +111,26 @@ def is_number(value: Any) -> bool:
 
 
 def axis_positions(values: list[Any]) -> tuple[list[float], list[tuple[float, str]]]:
-    """Positions in [0, 1] for one axis of the parallel coordinates, and its tick labels."""
+    """Positions in [0, 1] for one axis of the parallel coordinates, and its tick labels.
+
+    A number axis is ticked at each value when there are a few (a depth of 4, 8 or 16), else at five even steps.
+    """
     if all(is_number(v) for v in values):
         low, high = min(values), max(values)
         span = high - low
         positions = [(v - low) / span if span else 0.5 for v in values]
-        ticks = [(0.0, format_value(low)), (1.0, format_value(high))] if span else [(0.5, format_value(low))]
-        return positions, ticks
+        if not span:
+            return positions, [(0.5, format_value(low))]
+        distinct = sorted(set(values))
+        marks = distinct if len(distinct) <= 6 else [low + span * i / 4 for i in range(5)]
+        return positions, [((v - low) / span, format_value(v)) for v in marks]
     labels = sorted({str(v) for v in values}, key=natural_value)
     spread = {label: (i / (len(labels) - 1) if len(labels) > 1 else 0.5) for i, label in enumerate(labels)}
     return [spread[str(v)] for v in values], [(y, label) for label, y in spread.items()]
 
 
 def format_value(value: Any) -> str:
-    """A value as a label: numbers to 4 significant digits, anything else as written."""
+    """A value as a label: numbers to 4 significant digits (``0.002154``), anything else as written."""
     return f"{value:.4g}" if is_number(value) else str(value)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.report import figures as fig
-from gradwatch.report.format import finite_or_none, short
+from gradwatch.report.format import finite_or_none, format_value, short
 from gradwatch.report.runs import Collection, Run, Sweep
 from gradwatch.report.summary import runs_summary, sweep_summary
 from gradwatch.rundir import describe_health
@@ -31,6 +31,7 @@ _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1280px; padding: 0 24px 48px; color: #222; }
 h1 { font-size: 22px; margin: 20px 0 2px; } h2 { font-size: 18px; margin: 28px 0 8px; } h3 { font-size: 15px; }
 .meta { color: #666; margin: 0 0 12px; }
+.advice { background: #fdf0f0; border-left: 4px solid #b03030; margin: 0 0 12px; padding: 4px 12px; }
 #summary { background: #f5f7fa; border-left: 4px solid #3b6fb6; padding: 6px 16px; }
 #summary li { margin: 4px 0; }
 table { border-collapse: collapse; font-size: 12.5px; }
@@ -166,7 +167,7 @@ def _link_cell(run: Run, anchor: str) -> str:
 
 
 def _results_table(sweep: Sweep, anchors: dict[int, str]) -> str:
-    names = sweep.parameters
+    names = sweep.axes
     head = ["#", "run", *(short(n) for n in names)]
     head += [f"{sweep.metric} ({sweep.goal})" if sweep.metric else "metric", "gradients", "attenuation", "state"]
     rows = []
@@ -176,7 +177,7 @@ def _results_table(sweep: Sweep, anchors: dict[int, str]) -> str:
         cells = [
             _cell(rank, numeric=True),
             _link_cell(run, anchors[id(run)]),
-            *(_cell(run.params.get(n)) for n in names),
+            *(_cell(run.params.get(n), format_value(run.params.get(n))) for n in names),
             _cell(finite_or_none(value), _number(value), numeric=True),
             _cell(health, css="bad" if run.verdicts() else ""),
             _cell(finite_or_none(attenuation), _number(attenuation, "{:.2f}"), numeric=True),
@@ -220,7 +221,8 @@ def _samples(run: Run) -> str:
 
 def _run_section(page: _Page, run: Run, anchor: str, *, sweep: Sweep | None, open_: bool) -> str:
     facts = [f"<b>{escape(run.id)}</b>"]
-    facts += [f"{escape(short(n))}={escape(str(v))}" for n, v in run.params.items()]
+    shown = sweep.axes if sweep is not None else list(run.params)
+    facts += [f"{escape(short(n))}={escape(format_value(run.params[n]))}" for n in shown if n in run.params]
     if sweep is not None and sweep.metric:
         facts.append(f"{escape(sweep.metric)} {_number(sweep.value(run))}")
     health = _health_text(run)
@@ -232,6 +234,10 @@ def _run_section(page: _Page, run: Run, anchor: str, *, sweep: Sweep | None, ope
     if not charts:
         body = '<p class="meta">Nothing logged yet.</p>'
     where = f'<p class="meta">{escape(str(run.dir))}</p>'
+    where += "".join(
+        f'<p class="advice {escape(verdict)}"><b>{escape(verdict)}</b>: {escape(said)}</p>'
+        for verdict, said in run.advice().items()
+    )
     body += _samples(run)
     return (
         f'<details class="gw-run" id="{anchor}" data-run="{escape(run.id)}"{" open" if open_ else ""}>'

@@ -33,6 +33,7 @@ from gradwatch.rundir import (
     read_layers,
     read_metrics,
     read_results,
+    read_verdicts,
     read_yaml,
     trial_files,
 )
@@ -112,6 +113,11 @@ class Run:
         health = self.health()
         return [verdict for verdict in VERDICTS if health.get(verdict, 0) > 0]
 
+    def advice(self) -> dict[str, str]:
+        """Per standing verdict, the likely cause and remedy the run's monitor said last (``verdicts.jsonl``)."""
+        said = {entry["verdict"]: str(entry["advice"]) for entry in read_verdicts(self.dir)}
+        return {verdict: said[verdict] for verdict in self.verdicts() if said.get(verdict)}
+
 
 @dataclass
 class Sweep:
@@ -124,6 +130,7 @@ class Sweep:
         metric: The metric the sweep optimizes, if it names one.
         goal: ``maximize`` or ``minimize``.
         runs: The trials' runs, in the order they started.
+        constants: The parameters with one value for every run (no axis to compare runs along).
     """
 
     name: str
@@ -132,6 +139,12 @@ class Sweep:
     metric: str | None
     goal: str
     runs: list[Run]
+    constants: frozenset[str] = frozenset()
+
+    @property
+    def axes(self) -> list[str]:
+        """The parameters that vary from run to run."""
+        return [name for name in self.parameters if name not in self.constants]
 
     def value(self, run: Run) -> float | None:
         """The sweep's metric for ``run``: its last logged value, as the sweep itself reads it."""
@@ -233,7 +246,7 @@ def read_sweep(folder: Path) -> Sweep:
         runs.append(Run(run_dir.name, run_dir, params, outcome.get("state"), outcome.get("error")))
     # Start order: each trial's parameter file is written once, as it starts.
     runs.sort(key=lambda run: _mtime(trial_files(folder, run.id)[1]) or _mtime(run.dir))
-    return Sweep(info.name, folder, parameters, info.metric, info.goal, runs)
+    return Sweep(info.name, folder, parameters, info.metric, info.goal, runs, info.constants)
 
 
 def _mtime(path: Path) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gradwatch.report.format import is_number, short
+from gradwatch.report.format import format_value, is_number, short
 from gradwatch.report.runs import Run, Sweep
 from gradwatch.rundir import VERDICTS
 
@@ -79,12 +79,13 @@ def sweep_summary(sweep: Sweep) -> list[str]:
             continue
         flagged_any = True
         line = f"{len(group)} of {_plural(len(measured), 'run')} {_PAST[verdict]}"
-        shared, exact = common_ground(group, measured, sweep.parameters)
+        shared, exact = common_ground(group, measured, sweep.axes)
         if shared:
             line += f"; all of them {shared}" if len(group) > 1 else f": {shared}"
             if exact and len(group) > 1:
                 line += " (and every run with those settings did)"
-        lines.append(line + ".")
+        said = next((run.advice()[verdict] for run in group if verdict in run.advice()), None)
+        lines.append(line + "." + _sentence(said))
     if not flagged_any:
         lines.append(
             f"No run vanished, exploded or went non-finite: {len(measured)} of {total} healthy at their last"
@@ -107,7 +108,7 @@ def _best(sweep: Sweep) -> list[str]:
     if not ended:
         return [f"No run has finished with {sweep.metric} yet."]
     best = ended[0]
-    settings = ", ".join(f"{short(name)} {best.params.get(name)}" for name in sweep.parameters if name in best.params)
+    settings = ", ".join(f"{short(n)} {format_value(best.params[n])}" for n in sweep.axes if n in best.params)
     line = f"Best {sweep.metric}: {sweep.value(best):.4g} (run {best.id}"
     return [line + (f": {settings})." if settings else ").")]
 
@@ -122,7 +123,13 @@ def runs_summary(runs: Sequence[Run]) -> list[str]:
             lines.append(f"Run {run.id}: no gradient health logged (no GradientMonitor, or not measured yet).")
         elif verdicts:
             named = ", ".join(f"{v} in {int(health[v])} layers" for v in verdicts)
-            lines.append(f"Run {run.id}: {named} at its last measurement.")
+            said = run.advice()
+            lines.append(f"Run {run.id}: {named} at its last measurement." + _sentence(said.get(verdicts[0])))
         else:
             lines.append(f"Run {run.id}: gradients healthy at its last measurement.")
     return lines
+
+
+def _sentence(said: str | None) -> str:
+    """The monitor's ``likely cause: ...; try ...`` as a sentence to follow another, or nothing."""
+    return f" {said[0].upper()}{said[1:]}." if said else ""
