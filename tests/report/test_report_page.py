@@ -72,6 +72,7 @@ def test_the_results_table_sorts_by_a_clicked_column(vanishing_sweep, report_bro
         report.close()
 
 
+@pytest.mark.slow
 def test_a_sweep_report_rounds_its_labels_and_draws_no_axis_for_a_constant(tmp_path, report_browser):
     lr = 0.002153708731221119  # a value a random search draws
     parameters = {

@@ -120,9 +120,10 @@ def test_hyperband_stops_a_vanishing_trial_early_and_keeps_its_run(tmp_path):
         metric={"name": "val/acc", "goal": "maximize"},
         # One band at the third val/acc (max_iter 6 / eta 3 = 2, counted from 0), as W&B computes it.
         early_terminate={"type": "hyperband", "max_iter": 6, "s": 1, "eta": 3},
-        # Optuna's grid order for these two values (seed 0) runs relu first, so the sigmoid trial has a rival.
+        # Optuna's grid order for these two values (seed 0) runs relu first, so the sigmoid trial has a rival. The
+        # epochs after the band leave the controller seconds to stop it on a loaded machine.
         parameters={"model.activation": {"values": ["sigmoid", "relu"]}, "model.norm": {"value": "none"},
-                    "trainer.max_epochs": {"value": 6}},
+                    "trainer.max_epochs": {"value": 20}},
         command=["${env}", "${interpreter}", "-m", "gradwatch", "fit", "--config", str(CONFIGS / "cnn-digits.yaml"),
                  *TINY_CNN, "${args}"],
     )  # fmt: skip
@@ -133,7 +134,7 @@ def test_hyperband_stops_a_vanishing_trial_early_and_keeps_its_run(tmp_path):
     assert bad["state"] == "pruned", out
     assert "vanishing" in bad["health"]
     acc = column(read_metrics(Path(bad["run_dir"]) / "metrics.csv"), "val/acc")
-    assert 3 <= len(acc) < 6, "stopped after the band, before its last epoch"
+    assert 3 <= len(acc) < 20, "stopped after the band, before its last epoch"
     # Stopped gracefully: Lightning caught SIGTERM and W&B finished the run.
     assert exit_code(run_file(bad["run_dir"])) == 0
     assert "Received SIGTERM" in (Path(bad["run_dir"]) / "trial.log").read_text()
