@@ -169,6 +169,11 @@ class ReportPage:
         element = self.page.query_selector(selector)
         return element.inner_text() if element else ""
 
+    def texts(self, selector: str, attribute: str | None = None) -> list[str]:
+        """``textContent`` (or ``attribute``) of every element matching ``selector``; SVG text included."""
+        script = "(els, name) => els.map(e => name ? e.getAttribute(name) : e.textContent)"
+        return self.page.locator(selector).evaluate_all(script, attribute)
+
     def close(self) -> None:
         """Close the page and its browser context."""
         self.context.close()

@@ -87,11 +87,9 @@ def test_a_sweep_report_rounds_its_labels_and_draws_no_axis_for_a_constant(tmp_p
     report = report_browser.page(out)
     try:
         report.wait_ready()
-        text = report.text()
-        table = report.page.locator("table.gw-results th").all_inner_texts()
-        chart = report.page.locator('.gw-chart[data-chart="sweep-0-parallel"]')
-        axes = chart.locator(".xtick text").evaluate_all("texts => texts.map(t => t.textContent)")
-        labels = chart.locator(".annotation-text").evaluate_all("texts => texts.map(t => t.textContent)")
+        text, table = report.text(), report.texts("table.gw-results th")
+        axes = report.texts('.gw-chart[data-chart="sweep-0-parallel"] .xtick text')
+        labels = report.texts('.gw-chart[data-chart="sweep-0-parallel"] .annotation-text')
         assert report.console_errors == []
     finally:
         report.close()
@@ -152,9 +150,8 @@ def test_a_gradwatch_fit_run_reports_its_config_the_monitors_advice_and_unbroken
     try:
         report.wait_ready()
         summary, text = report.text("#summary"), report.text()
-        chart = report.page.locator('.gw-chart[data-chart="run-0-update-ratio"]')
-        ticks = chart.locator(".ytick text").evaluate_all("texts => texts.map(t => t.textContent)")
-        lines = chart.locator(".scatterlayer path.js-line").evaluate_all("paths => paths.map(p => p.getAttribute('d'))")
+        ticks = report.texts('.gw-chart[data-chart="run-0-update-ratio"] .ytick text')
+        lines = report.texts('.gw-chart[data-chart="run-0-update-ratio"] .scatterlayer path.js-line', "d")
         assert report.console_errors == []
     finally:
         report.close()
