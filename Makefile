@@ -12,7 +12,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "Installing gradwatch and its dependencies into $(VENV): about 6.3 GB with torch's CUDA build, minutes on a slow network"
+	@echo "Installing gradwatch and its dependencies into $(VENV) (6.3 GB with torch's CUDA build): pip lists each download, then unpacks for about a minute without a word"
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
