@@ -179,12 +179,9 @@ def layer_lines(run: Run, prefix: str, title: str, *, log: bool = True, ytitle: 
     floor = _zero_floor([values for _, _, values in series]) if log else None
     traces = []
     for (layer, steps, values), colour in zip(series, layer_colours(len(series)), strict=True):
-        hover = "%{y:.3g}"
-        if floor is not None:
-            zero = values == 0
-            values = np.where(zero, floor, values)
-            if zero.any():
-                hover = "%{customdata}"  # the value as logged, not the floor it is drawn on
+        zeros = floor is not None and bool((values == 0).any())
+        if zeros:
+            values = np.where(values == 0, floor, values)
         steps, values = thin(steps, values)
         trace = {
             "type": "scattergl" if len(values) > 1000 else "scatter",
@@ -193,9 +190,10 @@ def layer_lines(run: Run, prefix: str, title: str, *, log: bool = True, ytitle: 
             "x": typed(steps),
             "y": typed(values),
             "line": {"width": 1.2, "color": colour},
-            "hovertemplate": f"{layer}<br>step %{{x:.0f}}<br>{hover}<extra></extra>",
+            # A zero hovers as 0, not as the floor it is drawn on.
+            "hovertemplate": f"{layer}<br>step %{{x:.0f}}<br>{'%{customdata}' if zeros else '%{y:.3g}'}<extra></extra>",
         }
-        if hover != "%{y:.3g}":
+        if zeros:
             trace["customdata"] = ["0" if v == floor else f"{v:.3g}" for v in values]
         traces.append(trace)
     if not traces:
