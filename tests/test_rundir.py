@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,12 +16,14 @@ from gradwatch.rundir import (
     append_verdict,
     describe_health,
     health_summary,
+    latest_checkpoint,
     ranked,
     read_layers,
     read_metrics,
     read_results,
     read_verdicts,
     trial_files,
+    write_atomic,
 )
 
 
@@ -115,3 +118,25 @@ def test_results_are_read_by_run_id_and_a_sweep_still_running_has_none(tmp_path)
 def test_ranking_is_stable_among_equals(goal):
     runs = [("a", None, "running"), ("b", None, "running")]
     assert [r[0] for r in ranked(runs, value=lambda r: r[1], state=lambda r: r[2], goal=goal)] == ["a", "b"]
+
+
+def test_the_newest_checkpoint_is_the_one_to_resume_from(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for i, name in enumerate(["epoch=0-step=10.ckpt", "last.ckpt", "epoch=1-step=20.ckpt"]):
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, ns=(i * 10**9, i * 10**9))
+    (folder / ".last.ckpt.123.tmp").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path).name == "epoch=1-step=20.ckpt"
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "results.json"
+    write_atomic(path, "old")
+    with pytest.raises(TypeError):
+        write_atomic(path, 42)  # fails mid-write
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    write_atomic(path, b"new")
+    assert path.read_text() == "new"

@@ -56,13 +56,46 @@ RESULTS_JSON = "results.json"
 #: One JSON object a line for each verdict line the GradientMonitor said: step, verdict, network, layers, line and
 #: advice (its ``likely cause: ...; try ...`` part).
 VERDICTS_FILE = "verdicts.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
 #: Folders inside a run folder that hold no run of their own.
-NOT_RUNS = frozenset({"wandb", "checkpoints", FLOW_DIR, SAMPLES_DIR, TRIALS_DIR, "__pycache__"})
+NOT_RUNS = frozenset({"wandb", CHECKPOINTS_DIR, FLOW_DIR, SAMPLES_DIR, TRIALS_DIR, "__pycache__"})
+#: Written into a run folder by whoever stops the run on purpose (the local sweep's pruner) before sending SIGTERM:
+#: the run then ends as stopped (exit 0), not as preempted.
+STOP_FILE = "stop-requested"
+#: Exit status of a run that SIGTERM (or SLURM's requeue signal) interrupted: 128 + SIGTERM, as a shell reports it.
+#: The run saved a checkpoint first and can be resumed.
+PREEMPTED_EXIT = 143
+#: A run folder for ``gradwatch fit`` to resume, as ``--resume`` names one; the local sweep engine sets it when it
+#: runs a preempted trial again.
+RESUME_ENV = "GRADWATCH_RESUME"
 
 
 def root_dir() -> str:
     """The runs folder when none is configured: ``$GRADWATCH_ROOT_DIR`` (the local sweep engine's), else ``runs``."""
     return os.environ.get(ROOT_DIR_ENV) or DEFAULT_ROOT_DIR
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run resumes from: the newest ``*.ckpt`` in its ``checkpoints/`` (None when there is none)."""
+    found = [path for path in (Path(run_dir) / CHECKPOINTS_DIR).glob("*.ckpt") if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, flushed to disk, then renamed over it.
+
+    A full disk or a kill mid-write leaves the previous file intact (and no partial one).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def trial_files(sweep_folder: Path, run_id: str) -> tuple[Path, Path]:
