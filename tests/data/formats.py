@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,24 @@ def write_folder(
             image = Image.fromarray(RNG.integers(0, 256, shape, dtype=np.uint8), mode=mode)
             image.save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
     return root
+
+
+def write_blank_png(path: Path, width: int, height: int) -> None:
+    """A valid black 1-bit PNG of any size, written in a blink: a huge one compresses to a few kilobytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (width + 7) // 8)  # filter type 0, then one bit per pixel
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, grayscale, no interlace
+    pixels = zlib.compress(row * height, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def cut(path: Path, keep: float = 0.5) -> None:
+    """Truncate ``path`` to its first ``keep`` share of bytes, as an interrupted copy or download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
 
 
 def build_datamodule(name: str, tmp_path: Path, **kwargs: object) -> ImageDataModule:

@@ -22,7 +22,8 @@ def _is_fraction(split: int | float) -> bool:
 def check_held_out(owner: str, **splits: int | float | None) -> None:
     """Raise :class:`ConfigError` early for held-out splits no dataset size can satisfy (``None`` is skipped).
 
-    Counts are checked against the data at :meth:`~SplitDataModule.setup`, by :func:`resolve_split`.
+    Counts are checked against the data by :func:`resolve_splits`, which :meth:`~SplitDataModule.verify_data` runs
+    before any run starts.
     """
     fractions = {}
     for param, split in splits.items():
@@ -36,26 +37,41 @@ def check_held_out(owner: str, **splits: int | float | None) -> None:
         raise ConfigError(f"{owner}: {' + '.join(fractions)} = {sum(fractions.values())} leaves nothing to train on")
 
 
-def resolve_split(owner: str, param: str, split: int | float, total: int) -> int:
-    """The number of samples ``split`` asks for out of ``total``: a fraction in ``(0, 1)`` or a count ``>= 1``.
+def resolve_splits(owner: str, total: int, **splits: int | float | None) -> dict[str, int]:
+    """The samples each held-out split asks for out of ``total``; at least one is left to train on.
+
+    A split is a fraction in ``(0, 1)`` (at least one sample, so a small dataset still validates) or a count;
+    ``None`` holds out nothing.
 
     Raises:
-        ConfigError: the fraction is outside ``(0, 1)``, or the count is not below ``total``.
+        ConfigError: a split outside those ranges, or splits that leave nothing to train on; the message names the
+            split to change, its value, the counts it could take and ``total``.
     """
-    check_held_out(owner, **{param: split})
-    if _is_fraction(split):
-        return round(total * split)
-    if split >= total:
-        raise ConfigError(
-            f"{owner}: {param}={split} samples must be between 1 and {total - 1} ({total} available)", param=param
-        )
-    return int(split)
+    check_held_out(owner, **splits)
+    counts = {
+        param: max(1, round(total * split)) if _is_fraction(split) else int(split)
+        for param, split in splits.items()
+        if split is not None
+    }
+    if sum(counts.values()) < total:
+        return counts
+    param = max(counts, key=counts.__getitem__)  # the largest is the one to change
+    others = {p: n for p, n in counts.items() if p != param}
+    held = "".join(f", {p}={splits[p]} holds out {n}" for p, n in others.items())
+    room = total - 1 - sum(others.values())
+    remedy = (
+        f"{param} must be a count from 1 to {room} or a fraction in (0, 1)"
+        if room >= 1
+        else f"too few samples to hold out {' and '.join(counts)}"
+    )
+    raise ConfigError(
+        f"{owner}: {param}={splits[param]} leaves nothing to train on: the data has {total} samples{held}; {remedy}",
+        param=param,
+    )
 
 
 def split_indices(n: int, sizes: tuple[int, ...], seed: int) -> list[torch.Tensor]:
-    """Disjoint index sets of the given sizes, then the rest; the same for the same ``n``, sizes and seed."""
-    if sum(sizes) >= n:
-        raise ConfigError(f"held-out splits of {' + '.join(map(str, sizes))} samples leave none of {n} to train on")
+    """Disjoint index sets of the given sizes (:func:`resolve_splits`'), then the rest; the same for the same seed."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return list(order.split([*sizes, n - sum(sizes)]))
 
@@ -120,6 +136,7 @@ class SplitDataModule(pl.LightningDataModule):
     Subclasses call ``save_hyperparameters()`` with at least ``batch_size``, ``seed`` and ``num_workers``; they may
     add ``pin_memory`` and ``persistent_workers`` (``None``: on when useful). A training set with a true
     ``takes_sample_seeds`` attribute is indexed with ``(index, sample_seed)`` pairs (see :class:`EpochSampler`).
+    :meth:`verify_data` loads the data before a run starts; a training epoch never ends on a batch of one sample.
     """
 
     #: How the loaders batch samples; ``None``: torch's default collate.
@@ -147,6 +164,19 @@ class SplitDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.train_set, self.val_set, self.test_set = self.make_splits()
 
+    def verify_data(self) -> None:
+        """Load the data now, so that a fault in it ends the command before any run starts.
+
+        Models call this from ``check_data``, which the CLI runs before the Trainer creates a run folder or a W&B
+        run: a damaged file, a split the data cannot satisfy or a class without a readable image is one
+        :class:`ConfigError`, not a traceback in a run. The data is loaded once: :meth:`setup` reuses it. Data yet
+        to be downloaded (subclasses say so by overriding this) is loaded and checked by :meth:`setup` as usual.
+
+        Raises:
+            ConfigError: the data cannot be used as configured; the message names the argument and the file.
+        """
+        self.setup()
+
     def _loader(self, dataset: Dataset | None, *, shuffle: bool) -> DataLoader:
         hp = self.hparams
         workers = hp.num_workers
@@ -162,6 +192,7 @@ class SplitDataModule(pl.LightningDataModule):
             dataset,
             batch_size=hp.batch_size,
             sampler=sampler,
+            drop_last=shuffle and self._last_batch_of_one(len(dataset)),  # type: ignore[arg-type]
             num_workers=workers,
             # Workers that live across epochs save their start-up (an import of torch each) every epoch.
             persistent_workers=workers > 0 if persistent is None else persistent and workers > 0,
@@ -169,8 +200,19 @@ class SplitDataModule(pl.LightningDataModule):
             collate_fn=self.collate_fn,
         )
 
+    def _last_batch_of_one(self, size: int) -> bool:
+        """Whether each process's last training batch would hold one sample (batch norm cannot train on one)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = -(-size // world)  # Lightning's distributed sampler pads every process to the same count
+        return per_process > 1 and per_process % self.hparams.batch_size == 1
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches: the same order for the same seed and epoch."""
+        """Shuffled training batches: the same order for the same seed and epoch.
+
+        A last batch that would hold a single sample is dropped (``drop_last`` then, and only then): batch norm
+        cannot normalize one sample in training, and the run would fail at the end of its first epoch. Shuffling
+        drops another sample each epoch, so none is left out for good. Full batches and larger remainders are kept.
+        """
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

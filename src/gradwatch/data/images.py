@@ -7,8 +7,11 @@ in the main process, so the same seed gives the same batches with any number of 
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import struct
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +32,7 @@ from gradwatch.data.augment import (
     to_tensor,
     to_unit_range,
 )
-from gradwatch.data.base import SplitDataModule, check_held_out, resolve_split, split_indices
+from gradwatch.data.base import SplitDataModule, check_held_out, resolve_splits, split_indices
 from gradwatch.errors import ConfigError, check_positive
 
 Split = Literal["train", "test"]
@@ -197,18 +200,30 @@ class ImageDataModule(SplitDataModule):
         if loaded is None:
             return None
         images, labels = loaded
-        return resize_images(images, self.dims[1:]), torch.as_tensor(labels, dtype=torch.long)
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        wrong = labels[(labels < 0) | (labels >= self.num_classes)]
+        if len(wrong):  # the loss would fail on them mid-epoch
+            raise ConfigError(
+                f"{type(self).__name__}: {len(wrong)} {split} labels are outside 0..{self.num_classes - 1}"
+                f" (e.g. {wrong.unique()[:5].tolist()}); the dataset has {self.num_classes} classes",
+                param="data_dir" if "data_dir" in self.hparams else None,
+            )
+        return resize_images(images, self.dims[1:]), labels
 
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         """Load and resize once, hold out validation (and test) data with the seed, attach the pipelines."""
         hp, name = self.hparams, type(self).__name__
         images, labels = self._images("train")  # type: ignore[misc]
         test = self._images("test")
-        n_val = resolve_split(name, "val_split", hp.val_split, len(labels))
         if test is None and hp.get("test_split") is None:
             raise TypeError(f"{name}.load_images('test') returned None: the class needs a `test_split` argument")
-        n_test = resolve_split(name, "test_split", hp.test_split, len(labels)) if test is None else 0
-        val_idx, test_idx, train_idx = split_indices(len(labels), (n_val, n_test), hp.seed)
+        held = resolve_splits(
+            name, len(labels), val_split=hp.val_split, test_split=hp.test_split if test is None else None
+        )
+        # As numpy arrays: numpy reads a one-element tensor as a scalar index, and a split of one would lose its axis.
+        val_idx, test_idx, train_idx = (
+            idx.numpy() for idx in split_indices(len(labels), (held["val_split"], held.get("test_split", 0)), hp.seed)
+        )
         test_images, test_labels = test if test is not None else (images[test_idx], labels[test_idx])
         return (
             ImageDataset(images[train_idx], labels[train_idx], self.train_pipeline),
@@ -254,7 +269,9 @@ class DigitsDataModule(ImageDataModule):
 class TorchvisionDataModule(ImageDataModule):
     """Base of the DataModules over a torchvision dataset: downloaded by ``prepare_data``, checked up front.
 
-    Subclasses name the dataset's folder under ``data_dir`` and its files, and read them in :meth:`read`.
+    Subclasses name the dataset's folder under ``data_dir`` and its files, and read them in :meth:`load_images`.
+    The files already there are checked at construction (:meth:`file_problem`) and loaded by :meth:`verify_data`
+    before a run starts; a damaged one is named in one line with how to get it again.
 
     Args:
         data_dir: Where the dataset lives (or is downloaded to).
@@ -270,13 +287,23 @@ class TorchvisionDataModule(ImageDataModule):
 
     def __init__(self, data_dir: str = "data", download: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        name = type(self).__name__
+        # The download would fail on it later, inside the run: the first part of the path that exists must be a folder.
+        there = next((p for p in (Path(data_dir), *Path(data_dir).parents) if p.exists()), Path("."))
+        if not there.is_dir():
+            where = "" if there == Path(data_dir) else f" is under {str(there)!r}, which"
+            raise ConfigError(f"{name}: data_dir {data_dir!r}{where} is a file, not a folder", param="data_dir")
         missing = self.missing_files()
         if missing and not download:
             raise ConfigError(
-                f"{type(self).__name__}: {self.root} lacks {', '.join(missing)}; pass download=True"
+                f"{name}: {self.root} lacks {', '.join(missing)}; pass download=True"
                 f" (--data.download true) or put the dataset's files there",
                 param="data_dir",
             )
+        for file in set(self.files) - set(missing):
+            problem = self.file_problem(self.root / file)
+            if problem is not None:
+                raise self.damaged(self.root / file, problem)
 
     @property
     def root(self) -> Path:
@@ -286,6 +313,28 @@ class TorchvisionDataModule(ImageDataModule):
     def missing_files(self) -> list[str]:
         """The expected files not found under :attr:`root`."""
         return [name for name in self.files if not (self.root / name).is_file()]
+
+    def file_problem(self, path: Path) -> str | None:
+        """What is wrong with one of the dataset's files, as far as a glance shows; ``None`` when nothing is.
+
+        Runs at construction on every file there, so it must be cheap (a header, a length); :meth:`load_images`
+        reports what only a full read finds through :meth:`damaged`.
+        """
+        return None
+
+    def damaged(self, path: Path, problem: str) -> ConfigError:
+        """The error for a damaged dataset file: which one, what is wrong with it, and how to get a good copy."""
+        if self.hparams.download:
+            remedy = "delete it and the next run downloads it again"
+        else:
+            remedy = "replace it with a complete copy, or delete it and pass download=True (--data.download true)"
+        return ConfigError(f"{type(self).__name__}: {path} is {problem}; {remedy}", param="data_dir")
+
+    @override
+    def verify_data(self) -> None:
+        """Load the data now if its files are here; files still to be downloaded are loaded by ``setup``."""
+        if not self.missing_files():
+            super().verify_data()
 
     def download(self) -> None:
         """Fetch and unpack the dataset into ``data_dir`` (torchvision checks the archives' checksums)."""
@@ -307,6 +356,28 @@ class TorchvisionDataModule(ImageDataModule):
             ) from error
 
 
+def idx_problem(path: Path) -> str | None:
+    """What is wrong with an idx file of bytes (MNIST's format) by its header and length; ``None`` when nothing is.
+
+    The format: ``00 00 08 <ndim>``, ``ndim`` big-endian 32-bit sizes, then their product of bytes.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        ndim = magic[3] if len(magic) == 4 and magic[:3] == b"\0\0\x08" else 0
+        dims = f.read(4 * ndim)
+    if not 1 <= ndim <= 3:
+        return f"not an idx file of bytes (it starts with {magic.hex(' ') or 'nothing'}, not 00 00 08 01..03)"
+    if len(dims) < 4 * ndim:
+        return f"truncated: {size} bytes, not even its header"
+    shape = struct.unpack(f">{ndim}I", dims)
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if size == expected:
+        return None
+    state = "truncated" if size < expected else "longer than its header says"
+    return f"{state}: {size:,} bytes where its header ({'×'.join(map(str, shape))}) needs {expected:,}"
+
+
 class MNISTDataModule(TorchvisionDataModule):
     """MNIST handwritten digits (60,000 training and 10,000 test images, 28×28 grayscale, 10 classes).
 
@@ -326,6 +397,10 @@ class MNISTDataModule(TorchvisionDataModule):
     mirror = False
     folder = "MNIST/raw"
     files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    @override
+    def file_problem(self, path: Path) -> str | None:
+        return idx_problem(path)
 
     def _dataset_class(self) -> Any:
         import torchvision.datasets
@@ -377,10 +452,13 @@ class CIFAR10DataModule(TorchvisionDataModule):
         names = self.files[:5] if split == "train" else ("test_batch",)
         images, labels = [], []
         for name in names:
-            with open(self.root / name, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch["labels"])
+            try:
+                with open(self.root / name, "rb") as f:
+                    batch = pickle.load(f, encoding="latin1")
+                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(batch["labels"])
+            except Exception as error:  # truncated, corrupt or another pickle: whatever it is, this file is bad
+                raise self.damaged(self.root / name, f"unreadable ({type(error).__name__}: {error})") from error
         return np.concatenate(images).transpose(0, 2, 3, 1), np.asarray(labels)
 
 
@@ -415,8 +493,37 @@ def scan_folder(root: Path, owner: str, param: str) -> dict[str, list[Path]]:
     return found
 
 
-def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray | None:
-    """``path`` decoded as uint8 ``(H, W, C)`` in ``mode`` at ``size`` ``(H, W)``; ``None`` when it cannot be read."""
+#: Why PIL could not read a file: the exception's type and message.
+Unreadable = str
+
+
+def _why(error: Exception) -> Unreadable:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+class _TooLarge(Exception):
+    """An image whose header promises more pixels than PIL decodes: ``(path, PIL's DecompressionBombError)``."""
+
+
+def _read_header(path: Path) -> tuple[str, tuple[int, int]] | Unreadable:
+    """Mode and ``(H, W)`` of an image from its header alone, or why it cannot be opened.
+
+    Raises:
+        _TooLarge: the header promises more pixels than PIL agrees to decode.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode, (image.height, image.width)
+    except Image.DecompressionBombError as error:
+        raise _TooLarge(path, error) from error
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for unknown and corrupt files
+        return _why(error)
+
+
+def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray | Unreadable:
+    """``path`` decoded as uint8 ``(H, W, C)`` in ``mode`` at ``size`` ``(H, W)``, or why it cannot be."""
     from PIL import Image
 
     try:
@@ -425,30 +532,39 @@ def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray | No
             if image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError):  # PIL's errors for unknown, truncated and corrupt files
-        return None
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for unknown, truncated and corrupt files
+        return _why(error)
     return array[..., None] if array.ndim == 2 else array
+
+
+def _in_threads(read: Callable[[Path], Any], paths: list[Path]) -> list[Any]:
+    # PIL releases the GIL while reading, decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(read, paths))
 
 
 class ImageFolderDataModule(ImageDataModule):
     """Your own images: one sub-folder per class (torchvision's ``ImageFolder`` layout), any size, RGB or gray.
 
-    Images are decoded once in :meth:`setup`, resized to ``image_size`` and held in memory (so a 100,000-image
-    dataset at 64×64 RGB takes 1.2 GB). Files that cannot be read are skipped with one warning; class folders
-    and, when ``image_size`` or ``channels`` is unset, the first images' size and colour are read at construction,
-    so ``dims`` and ``num_classes`` are known before ``setup``.
+    At construction every file's header is read (mode and size, not the pixels), so ``dims`` and ``num_classes``
+    are known before ``setup`` and describe all the images: the channel count is 1 only when every image is
+    grayscale (a folder that mixes both is read as RGB, with a warning naming the modes found). Images are decoded
+    once, by :meth:`~SplitDataModule.verify_data` before a run starts or by ``setup``, resized to ``image_size`` and
+    held in memory (so a 100,000-image dataset at 64×64 RGB takes 1.2 GB). Files that cannot be read are skipped
+    with one warning; a class none of whose files can be read is an error.
 
     Args:
         data_dir: The folder of class folders (training data, and test data unless ``test_dir`` is given).
         test_dir: A folder with the same class folders holding the test data.
-        channels: 1 (grayscale) or 3 (RGB); ``None``: 1 when the images are grayscale, else 3.
+        channels: 1 (grayscale) or 3 (RGB); ``None``: 1 when every image is grayscale, else 3.
         test_split: Test share of ``data_dir`` when there is no ``test_dir``: a fraction in ``(0, 1)`` or a count.
         mirror: Whether a mirrored image keeps its label (presets flip only then).
         **kwargs: :class:`ImageDataModule`'s arguments (``image_size``, ``augment``, ``batch_size``, ...).
 
     Raises:
-        ConfigError: a missing or empty folder, a class folder without images, different classes in ``test_dir``,
-            or images of different sizes without ``image_size``.
+        ConfigError: a missing or empty folder, a class folder without images or with none readable, different
+            classes in ``test_dir``, an image too large for PIL to decode, or images of different sizes without
+            ``image_size``.
 
     """
 
@@ -476,56 +592,98 @@ class ImageFolderDataModule(ImageDataModule):
         self.classes = list(self.class_files)
         self.num_classes = len(self.classes)
         self.mirror = mirror
-        peeked = self._peek(kwargs.get("image_size") is None)
-        self.channels = channels or (1 if all(mode in GRAY_MODES for mode, _ in peeked) else 3)
-        sizes = {size for _, size in peeked}
+        headers = self._read_headers(data_dir, test_dir)
+        self.channels = channels or self._channels_of(
+            headers, data_dir if test_dir is None else f"{data_dir} and {test_dir}"
+        )
+        sizes = {size for _, size in headers.values()}
+        if kwargs.get("image_size") is None and len(sizes) > 1:
+            examples = ", ".join(f"{h}×{w}" for h, w in sorted(sizes)[:4])
+            raise ConfigError(
+                f"{name}: the images in {data_dir} differ in size ({examples}, ...); set image_size to resize them all",
+                param="image_size",
+            )
         self.native_size = sizes.pop() if len(sizes) == 1 else None
         super().__init__(**kwargs)
 
-    def _peek(self, need_size: bool) -> list[tuple[str, tuple[int, int]]]:
-        """Mode and ``(H, W)`` of the first readable images of each class (headers only)."""
-        from PIL import Image
+    def _folders(self, data_dir: str, test_dir: str | None) -> list[tuple[str, Path, dict[str, list[Path]]]]:
+        """``(argument, folder, class files)`` of the training folder and, if given, the test folder."""
+        folders = [("data_dir", Path(data_dir), self.class_files)]
+        if test_dir is not None and self.test_class_files is not None:
+            folders.append(("test_dir", Path(test_dir), self.test_class_files))
+        return folders
 
-        per_class = _PEEK if need_size else 2
-        found = []
-        for files in self.class_files.values():
-            for path in files[:per_class]:
-                try:
-                    with Image.open(path) as image:
-                        found.append((image.mode, (image.height, image.width)))
-                except (OSError, ValueError, SyntaxError):
-                    continue  # counted and reported with the others when the images are decoded
-        if need_size and len({size for _, size in found}) > 1:
-            examples = ", ".join(f"{h}×{w}" for h, w in sorted({size for _, size in found})[:4])
-            raise ConfigError(
-                f"{type(self).__name__}: the images in {self.data_dir} differ in size ({examples}, ...);"
-                f" set image_size to resize them all",
-                param="image_size",
-            )
+    def _read_headers(self, data_dir: str, test_dir: str | None) -> dict[Path, tuple[str, tuple[int, int]]]:
+        """Mode and ``(H, W)`` of every readable image of both folders.
+
+        Raises:
+            ConfigError: an image is too large for PIL to decode, or a class has no file PIL can open.
+        """
+        found = {}
+        for param, root, class_files in self._folders(data_dir, test_dir):
+            paths = [path for files in class_files.values() for path in files]
+            try:
+                headers = _in_threads(_read_header, paths)
+            except _TooLarge as error:  # loading would fail on it, after the run has started
+                path, why = error.args
+                raise ConfigError(
+                    f"{type(self).__name__}: {path} is too large to decode ({str(why).rstrip('.')});"
+                    f" shrink it or take it out of {root}",
+                    param=param,
+                ) from None
+            unreadable = {p: h for p, h in zip(paths, headers, strict=True) if isinstance(h, Unreadable)}
+            self._refuse_unreadable_classes(root, class_files, unreadable, param)
+            found.update({p: h for p, h in zip(paths, headers, strict=True) if not isinstance(h, Unreadable)})
         return found
+
+    def _channels_of(self, headers: dict[Path, tuple[str, tuple[int, int]]], where: str) -> int:
+        """1 when every image is grayscale, else 3; a warning names the folders and modes when they mix both."""
+        modes = Counter(mode for mode, _ in headers.values())
+        gray = [mode for mode in modes if mode in GRAY_MODES]
+        if not gray or len(gray) == len(modes):
+            return 1 if gray else 3
+        example = {mode: path for path, (mode, _) in reversed(headers.items())}  # the first file of each mode
+        found = ", ".join(f"{mode} ({n} files, e.g. {example[mode]})" for mode, n in sorted(modes.items()))
+        rank_zero_warn(
+            f"{type(self).__name__}: the images in {where} mix grayscale and colour: {found}; all are read as"
+            f" RGB (3 channels); pass channels=1 (--data.channels 1) to read them all as grayscale"
+        )
+        return 3
+
+    def _refuse_unreadable_classes(
+        self, root: Path, class_files: dict[str, list[Path]], unreadable: dict[Path, Unreadable], param: str
+    ) -> None:
+        """Raise when no file of a class can be read: a model trained on the rest would never see that class."""
+        dead = [name for name, files in class_files.items() if all(path in unreadable for path in files)]
+        if not dead:
+            return
+        folders = ", ".join(f"{str(root / name)!r} ({len(class_files[name])} files, none readable)" for name in dead)
+        first = class_files[dead[0]][0]
+        plural = len(dead) > 1
+        raise ConfigError(
+            f"{type(self).__name__}: class folder{'s' * plural} {folders} {'have' if plural else 'has'} no readable"
+            f" image (e.g. {first}: {unreadable[first]}); a model would never see {'those' if plural else 'that'}"
+            f" class{'es' * plural}: repair the files or remove the folder{'s' * plural}",
+            param=param,
+        )
 
     @override
     def load_images(self, split: Split) -> tuple[np.ndarray, np.ndarray] | None:
         files = self.class_files if split == "train" else self.test_class_files
         if files is None:
             return None
+        param = "data_dir" if split == "train" else "test_dir"
         paths = [(path, label) for label, name in enumerate(self.classes) for path in files[name]]
         mode = "L" if self.channels == 1 else "RGB"
-        # PIL releases the GIL while decoding and resizing, so threads use every core.
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            arrays = list(pool.map(lambda item: _read_image(item[0], mode, self.dims[1:]), paths))
-        bad = [str(path) for (path, _), array in zip(paths, arrays, strict=True) if array is None]
-        if len(bad) == len(paths):
-            param = "data_dir" if split == "train" else "test_dir"
-            raise ConfigError(
-                f"{type(self).__name__}: none of the {len(paths)} image files under {self.hparams[param]} could be"
-                f" read (e.g. {', '.join(bad[:3])})",
-                param=param,
-            )
+        arrays = _in_threads(lambda path: _read_image(path, mode, self.dims[1:]), [path for path, _ in paths])
+        bad = {path: array for (path, _), array in zip(paths, arrays, strict=True) if isinstance(array, Unreadable)}
+        self._refuse_unreadable_classes(Path(self.hparams[param]), files, bad, param)
         if bad:
             rank_zero_warn(
                 f"{type(self).__name__}: skipped {len(bad)} of {len(paths)} image files that could not be read:"
-                f" {', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}"
+                f" {', '.join(map(str, list(bad)[:5]))}{', ...' if len(bad) > 5 else ''}"
             )
-        kept = [(array, label) for array, (_, label) in zip(arrays, paths, strict=True) if array is not None]
+        kept = [
+            (array, label) for array, (_, label) in zip(arrays, paths, strict=True) if not isinstance(array, Unreadable)
+        ]
         return np.stack([array for array, _ in kept]), np.asarray([label for _, label in kept])

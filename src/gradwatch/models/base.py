@@ -73,20 +73,25 @@ class GradwatchModule(pl.LightningModule):
         self._build_once()
 
     def check_data(self, datamodule: pl.LightningDataModule | None) -> None:
-        """Read unknown shapes from ``datamodule`` and check the given ones against it.
+        """Read unknown shapes from ``datamodule``, check the given ones against it, then have it load its data.
 
-        ``setup`` calls this; the CLI calls it before the Trainer starts, so a mismatch fails before any logger
-        creates a run.
+        ``setup`` calls this; the CLI calls it before the Trainer starts, so a mismatch, a damaged file or a split
+        the data cannot satisfy fails before any logger creates a run. The data is loaded by the DataModule's
+        ``verify_data`` (gradwatch's DataModules have one; others are loaded by Lightning as usual), once: the
+        Trainer's ``setup`` reuses it.
 
         Raises:
-            ConfigError: a given shape contradicts the data, the DataModule provides the wrong kind of data, or a
-                shape is neither given nor provided.
+            ConfigError: a given shape contradicts the data, the DataModule provides the wrong kind of data, a
+                shape is neither given nor provided, or the data cannot be used as configured.
         """
         shapes = {
             param: self._shape_from_data(param, datamodule, *source) for param, source in self.data_shapes.items()
         }
         # Through `save_hyperparameters`, so the loggers (which log `hparams_initial`) and checkpoints get the values.
         self.save_hyperparameters({**self.hparams, **shapes})
+        verify = getattr(datamodule, "verify_data", None)
+        if callable(verify):
+            verify()
 
     @override
     def setup(self, stage: str) -> None:
