@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,12 @@ EXPECTED_SUMMARY = (
 )
 
 
-def gradwatch(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the ``gradwatch`` command as a user does, W&B offline."""
+def gradwatch(*args: str, cwd: Path, check: bool = False, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Run the ``gradwatch`` command as a user does, W&B offline; ``prefix`` runs it under another command."""
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("WANDB_SERVICE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "gradwatch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    command = [*prefix, sys.executable, "-m", "gradwatch", *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done

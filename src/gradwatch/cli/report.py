@@ -26,15 +26,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> None:
-    """Run ``gradwatch report`` with ``argv``; a path with nothing to report exits 2 with one line."""
+    """Run ``gradwatch report`` with ``argv``; a path with nothing to report exits 2 with one line.
+
+    Each run left out (its ``metrics.csv`` cannot be read) and each link that leads nowhere is named on stderr in a
+    line of its own, and the rest is reported.
+    """
     from gradwatch.report.page import write_report
-    from gradwatch.report.runs import ReportError
+    from gradwatch.report.runs import ReportError, Skipped, find
+
+    def say(skipped: list[Skipped]) -> None:
+        for item in skipped:
+            print(f"gradwatch report: skipped {item}", file=sys.stderr)
 
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        written = write_report(args.path, args.output)
+        found = find(args.path)
+        say(found.skipped)
+        written = write_report(found, args.output)
     except ReportError as exc:
+        say(exc.skipped)
         print(f"gradwatch report: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     size = written.stat().st_size / 2**20

@@ -16,6 +16,7 @@ import numpy as np
 from gradwatch.report.format import (
     axis_positions,
     base_layout,
+    finite_or_none,
     format_value,
     label_key,
     layer_colours,
@@ -204,7 +205,8 @@ def layer_lines(run: Run, prefix: str, title: str, *, log: bool = True, ytitle: 
         yaxis["type"] = "log"
     if floor is not None:
         # The floor is ticked "0" and the decades above it every few: the axis reads 0, 10^-12, 10^-10, ...
-        low, high = round(math.log10(floor)), math.ceil(math.log10(max(float(v.max()) for _, _, v in series)))
+        highest = max(float(v[np.isfinite(v)].max(initial=floor)) for _, _, v in series)  # an inf draws no tick
+        low, high = round(math.log10(floor)), math.ceil(math.log10(highest))
         step = max(1, math.ceil((high - low) / 6))
         decades = range(low + step, high + 1, step)
         yaxis["tickvals"] = [floor, *(10.0**k for k in decades)]
@@ -218,8 +220,8 @@ def _zero_floor(series: Sequence[np.ndarray]) -> float | None:
     """Where a log chart draws its zeros: a decade under its smallest positive value (None when nothing is 0)."""
     if not any((values == 0).any() for values in series):
         return None
-    positive = [values[values > 0].min() for values in series if (values > 0).any()]
-    lowest = min(positive, default=1.0)
+    positive = [values[(values > 0) & np.isfinite(values)] for values in series]
+    lowest = min((float(values.min()) for values in positive if len(values)), default=1.0)
     return float(10 ** (math.floor(math.log10(lowest)) - 1))
 
 
@@ -315,8 +317,8 @@ def parallel_coordinates(sweep: Sweep) -> Figure | None:
     """
     rows = []
     for run in sweep.runs:
-        value, attenuation = sweep.value(run), run.health().get("attenuation")
-        if attenuation is not None and (sweep.metric is None or value is not None):
+        value, attenuation = finite_or_none(sweep.value(run)), run.health().get("attenuation")
+        if attenuation is not None and (sweep.metric is None or value is not None):  # an inf has no place on an axis
             rows.append((run, value, attenuation))
     if len(rows) < 2 or not sweep.axes:
         return None

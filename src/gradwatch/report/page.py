@@ -26,6 +26,8 @@ from gradwatch.rundir import describe_health
 MAX_SAMPLES_BYTES = 256 * 1024
 #: The vendored plotly.js file.
 PLOTLY_JS = "plotly-cartesian.min.js"
+#: The first bytes of every PNG file: a samples file without them would be a broken image in the page.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1280px; padding: 0 24px 48px; color: #222; }
@@ -206,13 +208,23 @@ def _config_table(run: Run) -> str:
 
 
 def _samples(run: Run) -> str:
-    """The GAN's latest ``val/samples`` grid (``samples/val-samples-<step>.png``), inlined; nothing for other runs."""
+    """The GAN's latest ``val/samples`` grid (``samples/val-samples-<step>.png``), inlined; nothing for other runs.
+
+    Nothing either when that file is not a PNG image, is too large, or cannot be read.
+    """
     steps = {p.stem.rsplit("-", 1)[-1]: p for p in run.dir.glob("samples/val-samples-*.png")}
-    numbered = sorted((int(step), path) for step, path in steps.items() if step.isdigit())
-    if not numbered or numbered[-1][1].stat().st_size > MAX_SAMPLES_BYTES:
+    numbered = sorted((int(step), path) for step, path in steps.items() if step.isascii() and step.isdigit())
+    if not numbered:
         return ""
     step, path = numbered[-1]
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    try:
+        with path.open("rb") as f:
+            png = f.read(MAX_SAMPLES_BYTES + 1)
+    except OSError:
+        return ""
+    if len(png) > MAX_SAMPLES_BYTES or not png.startswith(PNG_SIGNATURE):
+        return ""
+    data = base64.b64encode(png).decode("ascii")
     return (
         f'<figure class="gw-samples"><img alt="generated samples" src="data:image/png;base64,{data}">'
         f"<figcaption>val/samples at step {step}: the same latents every validation</figcaption></figure>"
@@ -304,22 +316,21 @@ def plotly_js() -> str:
     return (resources.files("gradwatch.report") / "assets" / PLOTLY_JS).read_text(encoding="utf-8")
 
 
-def write_report(path: str | Path, output: str | Path | None = None) -> Path:
-    """Write the HTML report of the runs and sweeps under ``path``.
+def write_report(found: Collection, output: str | Path | None = None) -> Path:
+    """Write the HTML report of the runs and sweeps found under a path (:func:`gradwatch.report.runs.find`).
 
     Args:
-        path: A run folder, a local sweep folder, or a folder holding any number of either.
-        output: The HTML file (default: ``report.html`` in ``path``).
+        found: What to show.
+        output: The HTML file (default: ``report.html`` in the path searched).
 
     Returns:
         The file written.
 
     Raises:
-        ReportError: nothing under ``path`` can be reported, or ``output`` cannot be written.
+        ReportError: ``output`` cannot be written.
     """
-    from gradwatch.report.runs import ReportError, find
+    from gradwatch.report.runs import ReportError
 
-    found = find(path)
     target = Path(output) if output is not None else (found.path / "report.html")
     html = render(found, plotly_js())
     try:

@@ -9,6 +9,7 @@ controller has stopped, ``results.json``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -36,14 +37,40 @@ from gradwatch.rundir import (
     read_verdicts,
     read_yaml,
     trial_files,
+    why_unreadable,
 )
 
 #: Runs each extra process must have before reports read metrics in parallel.
 RUNS_PER_WORKER = 4
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """Something under a report's path that it leaves out, and why: a run it cannot read, a link it cannot follow.
+
+    Attributes:
+        path: The run folder or the link, as reached from the report's path.
+        why: What is wrong with it (``metrics.csv is not a CSV file (binary data)``, ``it is a symlink loop``).
+    """
+
+    path: Path
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
+
+
 class ReportError(ConfigError):
-    """A path that holds nothing a report can read; the message names the path and what was looked for."""
+    """A path that holds nothing a report can read; the message names the path and what was looked for.
+
+    Args:
+        message: The path and what is wrong with it.
+        skipped: What was found under the path and left out, each with its reason.
+    """
+
+    def __init__(self, message: str, skipped: Sequence[Skipped] = ()) -> None:
+        super().__init__(message)
+        self.skipped = list(skipped)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,7 +86,8 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         name = f"{prefix}{key}"
         if isinstance(value, dict) and "class_path" in value:
             flat[name] = value["class_path"]
-            flat.update(flatten(value.get("init_args") or {}, f"{name}."))
+            init_args = value.get("init_args")
+            flat.update(flatten(init_args if isinstance(init_args, dict) else {}, f"{name}."))
         elif isinstance(value, dict) and value:
             flat.update(flatten(value, f"{name}."))
         else:
@@ -101,7 +129,10 @@ class Run:
         """The run's configuration, dotted: LightningCLI's ``config.yaml``, else the logger's ``hparams.yaml``."""
         saved = read_yaml(self.dir / CONFIG_FILE)
         if saved:
-            return flatten(saved)
+            try:
+                return flatten(saved)
+            except RecursionError:  # a YAML alias inside itself (``&a {x: *a}``) is a mapping without end
+                pass
         return {key: value for key, value in read_yaml(self.dir / HPARAMS_FILE).items() if key != LAYERS_KEY}
 
     def health(self) -> dict[str, float]:
@@ -115,7 +146,7 @@ class Run:
 
     def advice(self) -> dict[str, str]:
         """Per standing verdict, the likely cause and remedy the run's monitor said last (``verdicts.jsonl``)."""
-        said = {entry["verdict"]: str(entry["advice"]) for entry in read_verdicts(self.dir)}
+        said = {entry["verdict"]: entry["advice"] for entry in read_verdicts(self.dir)}
         return {verdict: said[verdict] for verdict in self.verdicts() if said.get(verdict)}
 
 
@@ -158,11 +189,12 @@ class Sweep:
 
 @dataclass
 class Collection:
-    """Everything found under a report's path: sweeps, and runs outside any sweep."""
+    """Everything found under a report's path: sweeps, runs outside any sweep, and what was left out."""
 
     path: Path
     sweeps: list[Sweep]
     runs: list[Run]
+    skipped: list[Skipped] = field(default_factory=list)
 
     def all_runs(self) -> list[Run]:
         """Every run, sweeps' first."""
@@ -172,31 +204,49 @@ class Collection:
 def find(path: str | Path) -> Collection:
     """The sweeps and runs under ``path``: a run folder, a sweep folder, or a folder holding any number of either.
 
+    A run whose ``metrics.csv`` cannot be read, and a link that leads nowhere, are left out and listed in
+    :attr:`Collection.skipped`: one bad run never hides the others.
+
     Raises:
         ReportError: ``path`` does not exist, or nothing under it has metrics to show.
     """
     root = Path(path)
-    if not root.exists():
-        raise ReportError(f"{root}: no such file or folder")
+    try:
+        root.stat()
+    except FileNotFoundError:
+        raise ReportError(f"{root}: no such file or folder") from None
+    except OSError as exc:
+        raise ReportError(f"{root} {why_unreadable(exc)}") from None
     if root.is_file():
         if root.name != METRICS_FILE:
             raise ReportError(f"{root}: not a run folder, a sweep folder or a metrics.csv")
         root = root.parent
     sweeps: list[Sweep] = []
     runs: list[Run] = []
-    for folder in _walk(root):
+    skipped: list[Skipped] = []
+    for folder in _walk(root, skipped):
         if is_sweep_folder(folder):
-            sweeps.append(read_sweep(folder))
+            sweeps.append(read_sweep(folder, skipped))
         else:
             runs.append(Run(id=_run_name(folder, root), dir=folder))
-    found = Collection(root, [s for s in sweeps if s.runs], runs)
-    read_all(found.all_runs())
+    read_all([run for sweep in sweeps for run in sweep.runs] + runs)
+    for sweep in sweeps:
+        sweep.runs = _readable(sweep.runs, skipped)
+    found = Collection(root, [s for s in sweeps if s.runs], _readable(runs, skipped), sorted(skipped, key=str))
     if not any(len(run.metrics.step) for run in found.all_runs()):
+        if found.skipped:
+            raise ReportError(f"{root}: nothing to report: every run under it was left out (above)", found.skipped)
         raise ReportError(
             f"{root}: nothing to report: no run folder (a metrics.csv from `gradwatch fit` or a Lightning CSVLogger) "
             "and no sweep folder (from `gradwatch sweep run --local`) with logged metrics under it"
         )
     return found
+
+
+def _readable(runs: list[Run], skipped: list[Skipped]) -> list[Run]:
+    """``runs`` less those whose ``metrics.csv`` cannot be read, which are added to ``skipped``."""
+    skipped += [Skipped(run.dir, run.metrics.unreadable) for run in runs if run.metrics.unreadable]
+    return [run for run in runs if not run.metrics.unreadable]
 
 
 def read_all(runs: list[Run]) -> None:
@@ -212,17 +262,43 @@ def read_all(runs: list[Run]) -> None:
             run.__dict__["metrics"] = metrics  # what the cached property would have computed
 
 
-def _walk(root: Path) -> list[Path]:
-    """Run and sweep folders under ``root``, in path order; nothing below one is searched."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        if METRICS_FILE in files or is_sweep_folder(here):
-            found.append(here)
-            dirs.clear()
-            continue
-        dirs[:] = sorted(d for d in dirs if d not in NOT_RUNS and not d.startswith("."))
-    return found
+def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
+    """Run and sweep folders under ``folder``, in path order; nothing below one is searched.
+
+    Links to folders are not followed (a link to a dataset would be walked whole, a link to a parent forever).
+    """
+    entries = _listing(folder, skipped)
+    if entries is None:
+        return []
+    if any(entry.name == METRICS_FILE for entry in entries) or is_sweep_folder(folder):
+        return [folder]
+    candidates = [entry for entry in entries if entry.name not in NOT_RUNS and not entry.name.startswith(".")]
+    return [run for below in _folders(candidates, skipped, follow_links=False) for run in _walk(below, skipped)]
+
+
+def _listing(folder: Path, skipped: list[Skipped]) -> list[os.DirEntry[str]] | None:
+    """``folder``'s entries by name; ``None``, with ``folder`` added to ``skipped``, when it cannot be listed."""
+    try:
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda entry: entry.name)
+    except OSError as exc:
+        skipped.append(Skipped(folder, f"it {why_unreadable(exc)}"))
+        return None
+
+
+def _folders(entries: list[os.DirEntry[str]], skipped: list[Skipped], *, follow_links: bool) -> list[Path]:
+    """The folders among ``entries``; a link that leads nowhere (a loop, a missing target) is added to ``skipped``."""
+    folders = []
+    for entry in entries:
+        if entry.is_symlink():
+            try:
+                os.stat(entry.path)
+            except OSError as exc:
+                skipped.append(Skipped(Path(entry.path), f"it {why_unreadable(exc)}"))
+                continue
+        if entry.is_dir(follow_symlinks=follow_links):
+            folders.append(Path(entry.path))
+    return folders
 
 
 def _run_name(folder: Path, root: Path) -> str:
@@ -231,17 +307,23 @@ def _run_name(folder: Path, root: Path) -> str:
     return str(folder.relative_to(root))
 
 
-def read_sweep(folder: Path) -> Sweep:
-    """A local sweep folder: its file's parameters and metric, each trial's parameters and, if saved, its outcome."""
+def read_sweep(folder: Path, skipped: list[Skipped]) -> Sweep:
+    """A local sweep folder: its file's parameters and metric, each trial's parameters and, if saved, its outcome.
+
+    Args:
+        folder: The sweep folder.
+        skipped: Where a trial's link that leads nowhere, or a ``runs/`` that cannot be listed, is added.
+    """
     info = SweepInfo.from_config(read_yaml(folder / SWEEP_FILE), name=folder.resolve().name)
     parameters = list(info.parameters)
     outcomes = read_results(folder)  # empty while the sweep runs, or if it stopped before writing them
     runs = []
-    for run_dir in sorted(p for p in (folder / RUNS_DIR).iterdir() if p.is_dir()):
+    for run_dir in _folders(_listing(folder / RUNS_DIR, skipped) or [], skipped, follow_links=True):
         params = read_json(trial_files(folder, run_dir.name)[1])
         outcome = outcomes.get(run_dir.name, {})
         if not isinstance(params, dict) or not params:
-            params = outcome.get("params") or {}
+            params = outcome.get("params")
+        params = params if isinstance(params, dict) else {}
         parameters += [name for name in params if name not in parameters]
         runs.append(Run(run_dir.name, run_dir, params, outcome.get("state"), outcome.get("error")))
     # Start order: each trial's parameter file is written once, as it starts.

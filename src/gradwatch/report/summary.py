@@ -122,7 +122,7 @@ def runs_summary(runs: Sequence[Run]) -> list[str]:
         if not health:
             lines.append(f"Run {run.id}: no gradient health logged (no GradientMonitor, or not measured yet).")
         elif verdicts:
-            named = ", ".join(f"{v} in {int(health[v])} layers" for v in verdicts)
+            named = ", ".join(f"{v} in {health[v]:g} layers" for v in verdicts)  # a count of inf reads as inf
             said = run.advice()
             lines.append(f"Run {run.id}: {named} at its last measurement." + _sentence(said.get(verdicts[0])))
         else:
