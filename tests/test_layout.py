@@ -15,8 +15,9 @@ ALLOWED = {
     "rundir": set(),
     "layers": {"errors"},
     "health": {"errors", "rundir"},
-    "loggers": {"health", "errors", "rundir"},
-    "callbacks": {"health", "loggers", "errors", "rundir"},
+    "resume": {"errors", "rundir"},  # writing a run so it can be continued: the CSV logger, atomic checkpoints
+    "loggers": {"health", "resume", "errors", "rundir"},
+    "callbacks": {"health", "loggers", "resume", "errors", "rundir"},
     "models": {"layers", "data", "loggers", "errors", "rundir"},  # shapes and the task come from the data
     "data": {"errors"},
     "sweep": {"loggers", "errors", "rundir"},

@@ -91,3 +91,8 @@ def exit_code(path: str | Path) -> int | None:
     """The exit code the run finished with, or ``None`` while it has not finished."""
     codes = [r.exit.exit_code for r in read_records(path) if r.WhichOneof("record_type") == "exit"]
     return codes[-1] if codes else None
+
+
+def preempting(path: str | Path) -> bool:
+    """Whether the run was marked as preempting (``run.mark_preempting()``) before it exited."""
+    return any(r.WhichOneof("record_type") == "preempting" for r in read_records(path))

@@ -59,7 +59,9 @@ def new_run_id() -> str:
     return os.environ.get("WANDB_RUN_ID") or fresh_run_id()
 
 
-def default_loggers(root_dir: str | Path, *, run_id: str | None = None, project: str | None = None) -> list[Logger]:
+def default_loggers(
+    root_dir: str | Path, *, run_id: str | None = None, project: str | None = None, resume: bool = False
+) -> list[Logger]:
     """A CSV logger and a W&B logger that write one run into ``root_dir/<run_id>/``.
 
     The CSV logger comes first, so Lightning puts checkpoints and the CLI's ``config.yaml`` in the same folder:
@@ -69,9 +71,14 @@ def default_loggers(root_dir: str | Path, *, run_id: str | None = None, project:
         root_dir: Folder of all runs.
         run_id: The run's id, shared by both loggers; a new one when ``None``.
         project: W&B project; ``WANDB_PROJECT`` or ``"gradwatch"`` when ``None``.
+        resume: Continue the run ``run_id``: its ``metrics.csv`` is appended to (never started over, whatever the
+            flag) and its W&B run resumed (online; offline, a second offline run of the same id, which
+            ``wandb sync`` uploads as one run).
     """
     import wandb
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers import WandbLogger
+
+    from gradwatch.resume import ResumableCSVLogger
 
     run_id = run_id or new_run_id()
     run_dir = Path(root_dir) / run_id
@@ -80,12 +87,15 @@ def default_loggers(root_dir: str | Path, *, run_id: str | None = None, project:
     # git_root: W&B looks for the code's git repository in the run folder, which does not exist yet; the code is
     # where the command runs. quiet: offline, W&B's banner and summary would bury the line saying where the run went.
     settings = wandb.Settings(git_root=os.getcwd(), quiet=offline)
-    wandb_logger = WandbLogger(save_dir=str(run_dir), id=run_id, project=project, offline=offline, settings=settings)
+    extra = {"resume": "allow"} if resume else {}
+    wandb_logger = WandbLogger(
+        save_dir=str(run_dir), id=run_id, project=project, offline=offline, settings=settings, **extra
+    )
     # Lightning passes `anonymous=None` to wandb.init, which W&B 0.19+ answers with a deprecation warning every run.
     getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
     return [
         # Flushing every 10 steps lets a report read a run that is still training.
-        CSVLogger(save_dir=root_dir, name="", version=run_id, flush_logs_every_n_steps=10),
+        ResumableCSVLogger(save_dir=root_dir, name="", version=run_id, flush_logs_every_n_steps=10),
         wandb_logger,
     ]
 

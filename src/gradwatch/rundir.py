@@ -23,6 +23,8 @@ A **sweep folder** (``gradwatch sweep run --local``: ``<root>/sweeps/<name>/``):
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
 import math
 import os
@@ -94,6 +96,10 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # a failed write names no file: name it
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -151,10 +157,13 @@ class Metrics:
     Attributes:
         step: Each row's global step.
         columns: Every other column by key.
+        unreadable: Why the file could not be read at all (``"metrics.csv is not a CSV file (binary data)"``), its
+            columns then empty; ``None`` when it could, or when it does not exist yet.
     """
 
     step: np.ndarray
     columns: dict[str, np.ndarray]
+    unreadable: str | None = None
 
     def keys(self, prefix: str) -> list[str]:
         """The keys under ``prefix`` (``"grad/norm/"``), with the prefix removed."""
@@ -182,14 +191,21 @@ def read_metrics(path: str | Path) -> Metrics:
     """Parse a Lightning ``metrics.csv`` (one row per logging call, empty cells where a key was not logged).
 
     A row still being written is left out, so a run in progress reads as far as it got; a missing file reads as
-    empty. A value that is not a number (a string a user logged) reads as NaN.
+    empty. A value that is not a number (a string a user logged) reads as NaN, and a row whose step is not a number
+    is left out (it cannot be placed). A file that cannot be read, or is not text, reads as empty and says why in
+    :attr:`Metrics.unreadable`; nothing in the file makes this raise.
     """
+    path = Path(path)
     try:
-        data = Path(path).read_bytes()
-    except OSError:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return Metrics(np.empty(0), {})
-    header, _, body = data.replace(b"\r", b"").partition(b"\n")  # csv writes \r\n
-    names = header.decode("utf-8", "replace").strip().split(",") if header.strip() else []
+    except OSError as exc:
+        return Metrics(np.empty(0), {}, f"{path.name} {why_unreadable(exc)}")
+    header, _, body = data.removeprefix(codecs.BOM_UTF8).replace(b"\r", b"").partition(b"\n")  # csv writes \r\n
+    names = _column_names(header)
+    if names is None:
+        return Metrics(np.empty(0), {}, f"{path.name} is not a CSV file (binary data)")
     body = body[: body.rfind(b"\n") + 1]  # drop a half-written last row
     rows = body.count(b"\n")
     if not names or not rows:
@@ -200,7 +216,32 @@ def read_metrics(path: str | Path) -> Metrics:
     columns = {name: table[:, i] for i, name in enumerate(names)}
     step = columns.pop("step", np.arange(rows, dtype=np.float64))
     columns.pop("epoch", None)
+    placed = np.isfinite(step)
+    if not placed.all():
+        step, columns = step[placed], {name: values[placed] for name, values in columns.items()}
     return Metrics(step, columns)
+
+
+def _column_names(header: bytes) -> list[str] | None:
+    """The names in a header line; ``None`` when the line is not text: another file, or the zeros of a lost write."""
+    if b"\0" in header:
+        return None
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text.strip().split(",") if text.strip() else []
+
+
+def why_unreadable(exc: OSError) -> str:
+    """Why a path cannot be read, to follow its name: ``is a folder, not a file``, ``cannot be read (...)``..."""
+    if exc.errno == errno.EISDIR:
+        return "is a folder, not a file"
+    if exc.errno == errno.ELOOP:
+        return "is a symlink loop"
+    if exc.errno == errno.ENOENT:  # a path that was listed and is not there: a link to nothing
+        return "is a broken symlink"
+    return f"cannot be read ({exc.strerror or exc})"
 
 
 def _fast_table(body: bytes, rows: int, width: int) -> np.ndarray | None:
@@ -219,9 +260,12 @@ def _fast_table(body: bytes, rows: int, width: int) -> np.ndarray | None:
     keep[ends[filled]] = True  # each filled cell keeps its separator, as a comma
     numbers = text[keep]
     numbers[numbers == ord("\n")] = ord(",")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # text that is not a number: caught by the size check
-        values = np.fromstring(numbers.tobytes(), dtype=np.float64, sep=",")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy 1.x: parses up to the text, warns
+            values = np.fromstring(numbers.tobytes(), dtype=np.float64, sep=",")
+    except ValueError:  # numpy 2.x: text that is not a number raises
+        return None
     if values.size != int(filled.sum()):
         return None
     table = np.full(rows * width, np.nan)
@@ -230,7 +274,12 @@ def _fast_table(body: bytes, rows: int, width: int) -> np.ndarray | None:
 
 
 def _tolerant_table(text: str, width: int) -> np.ndarray:
-    rows = [line.split(",") for line in text.splitlines() if line]
+    """The cells as a ``(rows, width)`` array, one per line of ``text``, NaN wherever a cell is not a number.
+
+    Lines are split at newlines alone, as the fast path counts them (``str.splitlines`` would also split at the
+    other line breaks a damaged file may hold, and the rows would no longer match the steps).
+    """
+    rows = [line.split(",") for line in text.split("\n")[:-1]]  # the text ends with a newline
     table = np.full((len(rows), width), np.nan)
     for r, cells in enumerate(rows):
         for c, cell in enumerate(cells[:width]):
@@ -245,22 +294,22 @@ def _tolerant_table(text: str, width: int) -> np.ndarray:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML (or JSON) mapping; ``{}`` for a missing, unreadable or non-mapping file."""
+    """A YAML (or JSON) mapping; ``{}`` for a missing, unreadable, non-YAML (binary) or non-mapping file."""
     import yaml
 
     try:
         # libyaml's loader when PyYAML has it: a sweep's hparams and configs are thousands of lines.
         loaded = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: bytes that are not UTF-8
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file's content, or ``None`` when it is missing or not JSON (a file still being written)."""
+    """A JSON file's content, or ``None`` when it is missing, unreadable or not JSON (a file still being written)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return None
 
 
@@ -274,7 +323,7 @@ def read_layers(run_dir: Path) -> list[str]:
     if isinstance(layers, list) and layers:
         return [str(layer) for layer in layers]
     try:
-        with (run_dir / METRICS_FILE).open() as f:
+        with (run_dir / METRICS_FILE).open(encoding="utf-8-sig", errors="replace") as f:
             header = f.readline().strip().split(",")
     except OSError:
         return []
@@ -337,18 +386,18 @@ def append_verdict(run_dir: Path, entry: Mapping[str, Any]) -> None:
 
 
 def read_verdicts(run_dir: Path) -> list[dict[str, Any]]:
-    """The verdict lines a run's monitor said, oldest first (a half-written last line is left out)."""
+    """The verdict lines a run's monitor said, oldest first; other lines (a half-written last one) are left out."""
     try:
-        lines = (run_dir / VERDICTS_FILE).read_text().splitlines()
+        lines = (run_dir / VERDICTS_FILE).read_bytes().split(b"\n")
     except OSError:
         return []
     entries = []
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a half-written line, or not JSON at all
             continue
-        if isinstance(entry, dict) and "verdict" in entry and "advice" in entry:
+        if isinstance(entry, dict) and isinstance(entry.get("verdict"), str) and isinstance(entry.get("advice"), str):
             entries.append(entry)
     return entries
 
@@ -384,10 +433,13 @@ def health_summary(metrics: Metrics) -> dict[str, float]:
 
 
 def describe_health(summary: Mapping[str, float]) -> str:
-    """``healthy``, ``vanishing 9`` or ``exploding 2, nonfinite 1`` (layers named at the last measurement)."""
+    """``healthy``, ``vanishing 9`` or ``exploding 2, nonfinite 1`` (layers named at the last measurement).
+
+    A count that is not finite is shown as it is (``vanishing inf``).
+    """
     if not any(verdict in summary for verdict in VERDICTS):
         return "not measured"
-    named = [f"{v} {int(summary[v])}" for v in VERDICTS if summary.get(v)]
+    named = [f"{v} {summary[v]:g}" for v in VERDICTS if summary.get(v)]
     return ", ".join(named) if named else "healthy"
 
 

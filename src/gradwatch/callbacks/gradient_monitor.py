@@ -83,7 +83,8 @@ class GradientMonitor(Callback):
         on_exploding: Likewise.
         on_nonfinite: Likewise, or ``skip``: drop the step's gradients so the optimizer step changes nothing, at
             most ``max_skips`` times in a row, then stop. ``skip``, ``stop`` and ``raise`` keep the non-finite
-            gradients out of the weights.
+            gradients out of the weights; with the guard, the step's forward passes are undone in the buffers
+            too (batch norm's running statistics are put back as they were before the step).
         max_skips: Consecutive steps ``skip`` may skip.
         nonfinite_guard: Check every step for non-finite gradients (one fused norm and one scalar copy per step,
             and with several processes one scalar all-reduce), not only logging steps. On with
@@ -172,6 +173,11 @@ class GradientMonitor(Callback):
         self._flow_step: int | None = None
         self._run_dir: Path | None = None
         self._flow_folder: Path | None = None
+        # Under the guard with skip / stop / raise: the module's buffers (batch norm's running statistics) as they
+        # were before the step's first forward pass, to put back when its gradients are dropped.
+        self._buffers: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
+        self._stepped = True
 
     @property
     @override
@@ -225,10 +231,21 @@ class GradientMonitor(Callback):
                 f" exclude={list(self.config.exclude)}",
                 param="include" if self.config.include else "exclude",
             )
+        dropping = self.config.actions[Verdict.NONFINITE] in ("skip", "stop", "raise")
+        self._buffers = list(pl_module.buffers()) if dropping and self.config.nonfinite_guard else []
+        self._saved = [b.clone() for b in self._buffers]
+        self._stepped = True
         if self._loaded is not None:
             self.tracker.load_state_dict(self._loaded["groups"])
             self.stopped_reason = self._loaded["stopped_reason"]
             self._loaded = None
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        # The first batch of a step (several when gradients accumulate): the buffers before its forward passes.
+        if self._buffers and self._stepped:
+            torch._foreach_copy_(self._saved, self._buffers)
+            self._stepped = False
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
@@ -241,6 +258,7 @@ class GradientMonitor(Callback):
     ) -> None:
         if self.tracker is None:
             return
+        self._stepped = True
         # Lightning clips by norm when no algorithm is given.
         clip = trainer.gradient_clip_val if trainer.gradient_clip_algorithm in (None, "norm") else None
         report = self.tracker.step(optimizer, step=logging_step(trainer), clip=clip or None)
@@ -276,6 +294,8 @@ class GradientMonitor(Callback):
             self.tracker.keep_magnitudes(optimizer)  # the flow bars' data, before the gradients may be dropped
         if report.drop_gradients:
             _drop_gradients(optimizer)
+            if self._buffers:  # the forward passes that made the NaN also wrote it into the running statistics
+                torch._foreach_copy_(self._buffers, self._saved)
         stop_reason = raised = None
         for action in report.actions:
             advice = self._advice(trainer, pl_module, report, action.finding)

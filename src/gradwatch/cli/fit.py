@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import os
 import sys
 import warnings
@@ -11,15 +13,31 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from gradwatch.callbacks.gradient_monitor import GradientMonitor
+from gradwatch.callbacks.preemption import Preemption
 from gradwatch.cli.messages import explain
 from gradwatch.errors import ConfigError
 from gradwatch.loggers import run_dir
-from gradwatch.rundir import MONITOR_NAMESPACES, VERDICTS, root_dir, verdict_key
+from gradwatch.resume import AtomicCheckpointIO, check_checkpoint, check_writable, find_run, resume_checkpoint
+from gradwatch.rundir import (
+    CONFIG_FILE,
+    MONITOR_NAMESPACES,
+    PREEMPTED_EXIT,
+    RESUME_ENV,
+    VERDICTS,
+    latest_checkpoint,
+    root_dir,
+    verdict_key,
+)
+
+#: What a full or read-only disk raises: said in one line, not a traceback.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 class GradwatchCLI(LightningCLI):
@@ -30,11 +48,12 @@ class GradwatchCLI(LightningCLI):
     logging off; any logger given explicitly replaces them.
     """
 
-    def __init__(self, args: list[str] | None = None) -> None:
+    def __init__(self, args: list[str] | None = None, *, resume: Path | None = None) -> None:
         # Importing the packages registers their classes, so `--model CNN` and `--data DigitsDataModule` resolve.
         import gradwatch.data
         import gradwatch.models  # noqa: F401
 
+        self.resume = resume
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -43,6 +62,8 @@ class GradwatchCLI(LightningCLI):
             seed_everything_default=0,
             # Small datasets have few batches per epoch; Lightning's default of 50 would log no training step.
             trainer_defaults={"default_root_dir": root_dir(), "log_every_n_steps": 10},
+            # A resumed run keeps the config.yaml it started with (the one `--resume` read).
+            save_config_callback=None if resume else SaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             args=args,
@@ -81,49 +102,135 @@ class GradwatchCLI(LightningCLI):
 
     @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        root = config.get("default_root_dir") or root_dir()
+        # The model and the DataModule exist by now; the Trainer, its loggers and any run folder do not yet.
+        self._check(Path(root))
         if config.get("logger") in (None, True):
             from gradwatch.loggers import default_loggers
 
-            config["logger"] = default_loggers(config.get("default_root_dir") or root_dir())
+            run_id = self.resume.name if self.resume is not None else None
+            config["logger"] = default_loggers(root, run_id=run_id, resume=self.resume is not None)
         # `--gradients null` turns the always-on GradientMonitor off.
-        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        callbacks = [c for c in callbacks if c is not None]
+        trainer = super()._instantiate_trainer(config, [*callbacks, Preemption()])
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own, nor a sharded one
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
-    def _check_data(self) -> None:
-        """Check the model against the data before the Trainer creates any run."""
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a SIGTERM or a full disk ends it with one line saying what was kept and how to go on."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            raise SystemExit(self._interrupted()) from None
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            folder = run_dir(self.trainer)
+            kept = latest_checkpoint(folder)
+            resume = f"; free space, then `gradwatch fit --resume {folder}`" if kept else ""
+            self._close_wandb(exit_code=1)
+            print(
+                f"gradwatch: error: {os.strerror(exc.errno)} writing {exc.filename or folder} at step "
+                f"{self.trainer.global_step}; kept: {kept or 'no checkpoint'}{resume}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1) from None
+
+    def _interrupted(self) -> int:
+        """Close a run that SIGTERM stopped; the exit status tells preempted (143) from stopped on purpose (0)."""
+        preemption = next(cb for cb in self.trainer.callbacks if isinstance(cb, Preemption))
+        if preemption.stopped_reason is not None:
+            self._finish(headline=f"stopped at step {self.trainer.global_step}: {preemption.stopped_reason}")
+            return 0
+        saved = preemption.preempted
+        if saved is None:  # before the first batch: nothing to continue from
+            self._finish(headline="interrupted before training started", exit_code=PREEMPTED_EXIT)
+            return PREEMPTED_EXIT
+        folder = run_dir(self.trainer)
+        self._finish(
+            headline=f"preempted ({saved.signal}) at step {saved.step}, epoch {saved.epoch}; checkpoint "
+            f"{saved.checkpoint}; resume with `gradwatch fit --resume {folder}`",
+            exit_code=PREEMPTED_EXIT,
+        )
+        return PREEMPTED_EXIT
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning reads the hyperparameters in it (a damaged file is one line)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand == "fit" and ckpt_path in ("last", "hpc") and self.resume is None:
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path}: a new run has no checkpoints of its own; to continue a run, "
+                "`gradwatch fit --resume runs/<run id>`"
+            )
+        if ckpt_path not in (None, "last", "hpc", "best"):
+            check_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _check(self, root: Path) -> None:
+        """Check the data against the model, and the output folder, before the Trainer exists."""
         from gradwatch.models.base import GradwatchModule
 
         if self.subcommand != "fit":
             # Evaluating a checkpoint in a run folder of its own: its ModelCheckpoint's folder changed, as it should.
             warnings.filterwarnings("ignore", message="The dirpath has changed from")
-
         if isinstance(self.model, GradwatchModule):
             self.model.check_data(self.datamodule)
+        # A checkpoint holds the weights and, for Adam, two moments of each: three copies of the parameters.
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        check_writable(root, need=3 * weights)
 
-    def _finish(self, saved: str | None = None) -> None:
-        """Close the W&B run and say in one line where everything went (``saved``: what the subcommand wrote)."""
+    def _finish(self, saved: str | None = None, *, headline: str | None = None, exit_code: int = 0) -> None:
+        """Close the W&B run and say in one line where everything went.
+
+        Args:
+            saved: What the subcommand wrote (predictions), said instead of where the metrics are.
+            headline: How the run ended, when it did not simply finish (preempted, stopped).
+            exit_code: The W&B run's exit code.
+        """
         csv = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
-        wandb_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
-        scores = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
-        parts = [", ".join(f"{k} {float(v):.4g}" for k, v in sorted(scores.items()))] if scores else []
         logged = self.trainer.callback_metrics
+        scores = {k: v for k, v in logged.items() if k.startswith(("val/", "test/"))}
+        parts = [headline] if headline else []
+        parts += [", ".join(f"{k} {float(v):.4g}" for k, v in sorted(scores.items()))] if scores else []
+        # A loss gone NaN between two measurements of a short run: the last verdicts cannot vouch for it.
+        broken = sorted(k for k, v in logged.items() if k.endswith("loss") and not math.isfinite(float(v)))
+        if broken:
+            parts.append(f"{', '.join(broken)} not finite")
         verdicts = {v: int(logged[verdict_key(v)]) for v in VERDICTS if verdict_key(v) in logged}
         if verdicts:  # the GradientMonitor's last word: how many layers each verdict named at the last measurement
             named = ", ".join(f"{verdict} in {n} layers" for verdict, n in verdicts.items() if n)
-            parts.append(f"gradients: {named}" if named else "gradients healthy")
+            quiet = "no gradient verdict at the last measurement" if broken else "gradients healthy"
+            parts.append(f"gradients: {named}" if named else quiet)
         if saved is not None:
             parts.append(saved)
         elif csv is not None:
             parts.append(f"metrics in {Path(csv.log_dir) / 'metrics.csv'}")
-        if wandb_logger is not None and self.trainer.is_global_zero:
-            import wandb
-
-            run = wandb_logger.experiment
-            offline = run.settings.mode in ("offline", "dryrun")
-            sync_dir = run.settings.sync_dir
-            wandb.finish()
-            parts.append(f"W&B offline run in {sync_dir} (upload: wandb sync {sync_dir})" if offline else run.url)
+        parts += self._close_wandb(exit_code)
         if parts and self.trainer.is_global_zero:
             print("gradwatch: " + "; ".join(parts), flush=True)
+
+    def _close_wandb(self, exit_code: int) -> list[str]:
+        """Finish the W&B run (rank 0) with ``exit_code``; where it went, and how to upload it when offline."""
+        wandb_logger = next((lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if wandb_logger is None or not self.trainer.is_global_zero:
+            return []
+        import wandb
+
+        run = wandb_logger.experiment
+        offline = run.settings.mode in ("offline", "dryrun")
+        sync_dir = run.settings.sync_dir
+        wandb.finish(exit_code=exit_code)
+        if not offline:
+            return [run.url]
+        # A resumed offline run is one folder per start; `wandb sync` uploads them, in order, as one run.
+        pieces = sorted(Path(sync_dir).parent.glob(f"offline-run-*-{run.id}"))
+        sync = " ".join(map(str, pieces)) if len(pieces) > 1 else sync_dir
+        return [f"W&B offline run in {sync_dir} (upload: wandb sync {sync})"]
 
     def after_predict(self) -> None:
         """Save the predictions, one tensor in the test set's order, beside the run's other files."""
@@ -139,8 +246,7 @@ class GradwatchCLI(LightningCLI):
         torch.save(torch.cat(batches) if isinstance(batches[0], torch.Tensor) else batches, path)
         return self._finish(saved=f"predictions in {path}")
 
-    # LightningCLI calls `before_<subcommand>` and `after_<subcommand>` when they exist.
-    before_fit = before_validate = before_test = before_predict = _check_data
+    # LightningCLI calls `after_<subcommand>` when it exists.
     after_fit = after_validate = after_test = _finish
 
 
@@ -281,21 +387,47 @@ def main(args: list[str] | None = None) -> None:
     """Run the ``gradwatch`` command; bad configuration exits with status 2 and one paragraph, no traceback."""
     # albumentations checks online for a newer release at import; trials and offline machines must not wait.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    # The run folder holds the W&B run beside metrics.csv, and W&B starts first: the CSV logger's "not empty" warning
-    # is about that folder, not about a previous run's metrics.
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # Lightning 2.6 calls a torch pytree API that torch 2.15 deprecates, once per run: not the user's to act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Lightning advertises its cloud services twice a run ("💡 Tip: ... litlogger", "... litmodels").
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    # A full disk makes W&B's own log handlers fail on every line; the one line below says what happened.
+    logging.raiseExceptions = False
     try:
-        GradwatchCLI(args)
+        argv, resume = _resumed(list(sys.argv[1:] if args is None else args))
+        GradwatchCLI(argv, resume=resume)
     except Exception as exc:
         err = find_config_error(exc)
         if err is None:
             raise
         print(f"gradwatch: error: {describe(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _resumed(argv: list[str]) -> tuple[list[str], Path | None]:
+    """``fit --resume RUN ...`` (or ``$GRADWATCH_RESUME``) as the command line that continues RUN.
+
+    The run's own ``config.yaml`` comes first, the flags given with ``--resume`` override it, and the run's folder,
+    id and newest checkpoint are fixed last.
+    """
+    names = [word.split("=", 1)[1] for word in argv if word.startswith("--resume=")]
+    names += [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--resume"]
+    if not names and not (os.environ.get(RESUME_ENV) and argv[:1] == ["fit"]):
+        return argv, None
+    if argv[:1] != ["fit"]:
+        raise ConfigError("--resume: only `gradwatch fit` continues a run")
+    if len(names) > 1:
+        raise ConfigError(f"--resume given {len(names)} times: {', '.join(names)}")
+    if any(word == "--ckpt_path" or word.startswith("--ckpt_path=") for word in argv):
+        raise ConfigError("--resume and --ckpt_path: give one (--resume continues the run from its newest checkpoint)")
+    rest = [w for i, w in enumerate(argv[1:], 1) if not (w.startswith("--resume") or argv[i - 1] == "--resume")]
+    roots = [root_dir()] + [argv[i + 1] for i, w in enumerate(argv[:-1]) if w == "--trainer.default_root_dir"]
+    folder = find_run(names[0] if names else os.environ[RESUME_ENV], roots)
+    checkpoint = resume_checkpoint(folder)
+    config = ["--config", str(folder / CONFIG_FILE)]
+    root = os.path.relpath(folder.parent) if folder.is_relative_to(Path.cwd()) else str(folder.parent)
+    fixed = ["--trainer.default_root_dir", root, "--ckpt_path", str(checkpoint)]
+    return ["fit", *config, *rest, *fixed], folder
 
 
 if __name__ == "__main__":
