@@ -55,6 +55,31 @@ def test_monitor_keys_count_as_logged_only_when_the_monitor_is_on():
         check_parameters(spec({"model.depth": {"values": [2]}}, "grad/norm_total", extra=["--gradients", "null"]))
 
 
+def test_a_per_layer_metric_names_a_layer_its_monitor_watches_in_the_first_combination():
+    depth = {"model.depth": {"values": [2, 4]}}
+    for key in ("grad/norm/backbone.blocks.1.conv", "param/norm/head", "grad/update_ratio/backbone.stem.conv"):
+        assert check_parameters(spec(depth, key)) is None
+    # The base config's depth is 8; the first combination's model (depth 2) has no fifth block.
+    with pytest.raises(SweepError) as info:
+        check_parameters(spec(depth, "grad/norm/backbone.blocks.5.conv"))
+    assert str(info.value) == (
+        "study.yaml: metric.name: 'grad/norm/backbone.blocks.5.conv' is never logged: the model (model.depth=2) has "
+        "no layer 'backbone.blocks.5.conv' that GradientMonitor watches (did you mean "
+        "'grad/norm/backbone.blocks.1.conv'?); it watches backbone.stem.conv, backbone.stem.norm, "
+        "backbone.blocks.0.conv, backbone.blocks.0.norm, backbone.blocks.1.conv, backbone.blocks.1.norm, ... (7 in all)"
+    )
+    # The layers are the monitor's: grouped by --gradients.group_depth, without what it excludes.
+    grouped = ["--gradients.group_depth=3"]
+    assert check_parameters(spec(depth, "grad/norm/backbone.blocks.1", extra=grouped)) is None
+    with pytest.raises(SweepError, match=r"'grad/norm/head' is never logged: the model .* no layer 'head' that"):
+        check_parameters(spec(depth, "grad/norm/head", extra=["--gradients.exclude=[head]"]))
+    activations = ["--trainer.callbacks+=ActivationMonitor"]
+    assert check_parameters(spec(depth, "act/dead/backbone.blocks.1.act", extra=activations)) is None
+    with pytest.raises(SweepError) as info:
+        check_parameters(spec(depth, "act/dead/nope", extra=activations))
+    assert "no layer 'nope' that ActivationMonitor watches; it watches backbone.stem.act, " in str(info.value)
+
+
 def test_the_metric_depends_on_the_task_the_data_gives_the_model():
     # The adding problem is a regression: an RNN on it logs losses, no accuracy.
     rnn = ["--model", "RNN", "--data", "AddingProblemDataModule"]

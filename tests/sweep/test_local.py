@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
@@ -137,7 +138,19 @@ def test_hyperband_stops_a_vanishing_trial_early_and_keeps_its_run(tmp_path):
     assert 3 <= len(acc) < 20, "stopped after the band, before its last epoch"
     # Stopped gracefully: Lightning caught SIGTERM and W&B finished the run.
     assert exit_code(run_file(bad["run_dir"])) == 0
-    assert "Received SIGTERM" in (Path(bad["run_dir"]) / "trial.log").read_text()
+    log = (Path(bad["run_dir"]) / "trial.log").read_text()
+    assert "Received SIGTERM" in log
+    # A stop request, not preemption: `gradwatch fit` read stop-requested, saved no checkpoint and exited 0.
+    stop = (Path(bad["run_dir"]) / "stop-requested").read_text().strip()
+    assert re.fullmatch(
+        r"stopped by gradwatch sweep sweep: trial \d+ pruned by Hyperband after \d+ val/acc values", stop
+    )
+    assert "stopped at step" in log
+    assert "preempted" not in log
+    assert not (Path(bad["run_dir"]) / "checkpoints" / "preempted.ckpt").exists()
+    assert not (Path(by_activation["relu"]["run_dir"]) / "stop-requested").exists()
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'out' / 'sweep.db'}")
+    assert study.trials[bad["trial"]].user_attrs["outcome"]["exit_code"] == 0
 
 
 def test_bayes_proposes_within_bounds_and_learns_from_results(tmp_path):

@@ -278,6 +278,11 @@ class FitChecker:
         """
         return self._cli.dry_run(args)
 
+    @property
+    def instantiated(self) -> Any:
+        """The last checked command line's instances by config key (``model``, ``data``, ``gradients``...)."""
+        return self._cli.instantiated
+
     def options(self, config: Any) -> set[str]:
         """Every dotted option of a parsed ``config`` as a user writes it (``model.depth``, ``trainer.max_epochs``)."""
         names = set()
@@ -293,7 +298,7 @@ class FitChecker:
 
         ``None`` when the model does not say which keys it logs (a LightningModule that is not a gradwatch one).
         """
-        init = self._cli.instantiated
+        init = self.instantiated
         model = init.get("model")
         if not hasattr(model, "logged_metrics"):
             return None
@@ -317,6 +322,9 @@ class _DryCLI(GradwatchCLI):
         try:
             self.parse_arguments(self.parser, args)
             self.subcommand = self.config["subcommand"]
+            # LightningCLI keeps its first parse's hyperparameters here and `save_hyperparameters` prefers them to
+            # the model's own arguments: each check's model must be built from its own command line.
+            vars(self).pop("config_dump", None)
             self.instantiate_classes()
         except Exception as exc:
             raise ConfigError(_parser_message(exc)) from exc

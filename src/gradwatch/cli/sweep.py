@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gradwatch.sweep.spec import SweepError, SweepSpec, load_sweep
+from gradwatch.sweep.spec import MAX_GRID, SweepError, SweepSpec, load_sweep
+
+if TYPE_CHECKING:
+    from gradwatch.sweep.results import TrialResult
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run on Optuna here even when logged in to W&B")
     run.add_argument("--dir", type=Path, help="sweep folder (default: runs/sweeps/<name>)")
     run.add_argument("--storage", help="Optuna RDB URL shared by several machines (implies --local)")
+    run.add_argument(
+        "--max-grid",
+        type=_positive,
+        default=MAX_GRID,
+        help=f"the most combinations a local grid sweep may have (default: {MAX_GRID:,})",
+    )
     run.add_argument("--project", help="W&B project of an online sweep")
     run.add_argument("--entity", help="W&B entity of an online sweep")
     agent = commands.add_parser(
@@ -49,7 +59,11 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str]) -> None:
-    """Run ``gradwatch sweep ARGV``; bad input exits with status 2 and one line before any trial starts."""
+    """Run ``gradwatch sweep ARGV``.
+
+    Bad input exits with status 2 and one line before any trial starts; a local sweep in which trials failed and none
+    finished exits with 1, one interrupted (Ctrl-C, SIGTERM) with 130.
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "agent":
@@ -71,7 +85,7 @@ def _run(spec: SweepSpec, args: argparse.Namespace) -> int:
 
     local = args.local or args.storage is not None or wandb_offline()
     if local:
-        spec.check_local()
+        spec.check_local(args.max_grid)
         if not (args.local or args.storage):
             print("gradwatch sweep: W&B is offline (no login, or WANDB_MODE=offline): running locally on Optuna")
     print(f"gradwatch sweep: checking {spec.path} against gradwatch fit ...", flush=True)
@@ -96,7 +110,7 @@ def _run_online(spec: SweepSpec, args: argparse.Namespace) -> int:
 def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from gradwatch.rundir import root_dir
+    from gradwatch.rundir import RESULTS_CSV, root_dir
     from gradwatch.sweep.local import LocalSweep
     from gradwatch.sweep.results import collect, render, save
 
@@ -107,6 +121,7 @@ def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
         storage=args.storage,
         workers=args.workers,
         count=args.count,
+        max_grid=args.max_grid,
         echo=lambda line: print(f"gradwatch sweep: {line}", flush=True),
     )
     code = 0
@@ -115,11 +130,29 @@ def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         code = 130
     results = collect(sweep.study, spec)
-    csv_path, _ = save(results, sweep.folder)
+    csv_path = sweep.folder / RESULTS_CSV
+    try:
+        save(results, sweep.folder)
+    except OSError as exc:  # the study keeps every trial: the table is shown, and the next run writes the files
+        print(f"gradwatch sweep: warning: cannot write {exc.filename} ({exc.strerror}); the study keeps the results")
     console = Console(width=None if sys.stdout.isatty() else 80)  # a log or a pipe gets the 80 columns of a terminal
     console.print(render(results, spec, width=console.width))
     states = [r.state for r in results]
     done = ", ".join(f"{states.count(s)} {s}" for s in ("finished", "pruned", "failed") if s in states)
-    resume = "; run the same command to resume" if code else ""
-    print(f"gradwatch sweep: {done or 'no trials'}; results in {csv_path}{resume}", flush=True)
+    line = f"{done or 'no trials'}; results in {csv_path}"
+    failed = None if code else _failed(results)
+    if code:
+        line += "; run the same command to resume"
+    elif failed is not None:
+        code = 1
+        log = f"; see {Path(failed.run_dir) / 'trial.log'}" if failed.run_dir else ""
+        line = f"no trial finished ({line}); trial {failed.trial} failed: {failed.error}{log}"
+    print(f"gradwatch sweep: {line}", flush=True)
     return code
+
+
+def _failed(results: list[TrialResult]) -> TrialResult | None:
+    """The first failed trial of a sweep in which no trial finished (a sweep that failed), else ``None``."""
+    if any(r.state == "finished" for r in results):
+        return None
+    return min((r for r in results if r.state == "failed"), key=lambda r: r.trial, default=None)

@@ -15,7 +15,9 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,17 +28,25 @@ from pathlib import Path
 from typing import IO, Any
 
 from gradwatch.rundir import (
+    CHECKPOINTS_DIR,
     METRICS_FILE,
+    PREEMPTED_EXIT,
+    RESUME_ENV,
     ROOT_DIR_ENV,
     RUNS_DIR,
+    STOP_FILE,
     STUDY_FILE,
     SWEEP_FILE,
     health_summary,
+    latest_checkpoint,
     read_metrics,
     trial_files,
+    write_atomic,
 )
 from gradwatch.sweep.command import expand_command
-from gradwatch.sweep.spec import SweepError, SweepSpec
+from gradwatch.sweep.recover import queue_again, rebuild, recovery_hint, started_runs
+from gradwatch.sweep.results import collect, save
+from gradwatch.sweep.spec import MAX_GRID, SweepError, SweepSpec
 from gradwatch.sweep.workers import visible_gpus, worker_env
 
 #: Seconds between heartbeats of running trials; a trial silent for GRACE_PERIOD is taken as interrupted.
@@ -45,6 +55,8 @@ GRACE_PERIOD = 60
 #: Seconds a trial gets to finish after SIGTERM before SIGKILL (as ``wandb agent`` waits).
 KILL_DELAY = 30
 POLL_INTERVAL = 0.5
+#: Times in a row a trial may be preempted (exit 143) and run again before it counts as failed.
+MAX_PREEMPTIONS = 3
 
 
 @dataclass
@@ -73,11 +85,14 @@ class LocalSweep:
         workers: Trials run at once. Each gets one GPU when there are GPUs, else ``cores / workers`` threads.
         count: Trials to end in total (finished, pruned or failed), across restarts; the grid size or ``run_cap``
             when ``None``, whichever is smaller.
+        max_grid: The most combinations a grid sweep may have (``--max-grid``).
         echo: Where progress lines go.
 
     Raises:
-        SweepError: the storage cannot be opened, it holds a different sweep under this name, another controller
-            runs in ``folder``, or a random / bayes sweep has neither ``count`` nor ``run_cap``.
+        SweepError: before the folder is made: the file asks what the engine cannot run, its program is missing, the
+            shared storage cannot be opened or holds a different sweep under this name, or a random / bayes sweep has
+            neither ``count`` nor ``run_cap``. In an existing folder: another controller runs there, or its
+            ``sweep.db`` is damaged or lost with nothing to rebuild it from.
     """
 
     def __init__(
@@ -88,24 +103,33 @@ class LocalSweep:
         storage: str | None = None,
         workers: int = 1,
         count: int | None = None,
+        max_grid: int = MAX_GRID,
         echo: Callable[[str], None] = print,
     ) -> None:
-        spec.check_local()
+        spec.check_local(max_grid)
         if workers < 1:
             raise SweepError(f"--workers must be >= 1, got {workers}")
         if count is not None and count < 1:
             raise SweepError(f"--count must be >= 1, got {count}")
+        check_command(spec)
         self.spec = spec
         self.folder = Path(folder).resolve()
         self.workers = workers
         self.echo = echo
         self.total = self._total(count)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.folder)
-        self.storage_url = with_driver(storage) if storage else f"sqlite:///{(self.folder / STUDY_FILE).resolve()}"
-        self._shared = storage is not None
-        self.study = self._open_study()
         self._space = self._distributions()
+        self._shared = storage is not None
+        self.storage_url = with_driver(storage) if storage else f"sqlite:///{self.folder / STUDY_FILE}"
+        # Whatever can fail is tried before the folder exists, so a refused start leaves nothing behind. The sweep's
+        # own SQLite file needs its folder first, and can only fail to open when a folder was there already.
+        shared = self._open_study() if self._shared else None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SweepError(f"cannot create the sweep folder {self.folder}: {exc.strerror}") from None
+        self._lock = _lock(self.folder)
+        self.study = shared if shared is not None else self._open_own_study()
+        self._adopt()
         self._running: list[_Running] = []
         self._target_reached = False
         self._last_heartbeat = 0.0
@@ -123,14 +147,14 @@ class LocalSweep:
         return min(caps)
 
     def _open_study(self) -> Any:
+        """Load (or create) the study in its storage, refusing one that holds a different sweep under this name."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Heartbeats are "experimental" and meant for `Study.optimize`; this controller records them itself.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        if not self._shared:
-            _sqlite_wal(self.folder / STUDY_FILE)
+        metric = self.spec.metric
         try:
             storage = optuna.storages.RDBStorage(
                 self.storage_url,
@@ -138,17 +162,16 @@ class LocalSweep:
                 grace_period=GRACE_PERIOD,
                 heartbeat_stale_trial_callback=self._retry,
             )
-        except Exception as exc:  # SQLAlchemy raises its own types for bad URLs, drivers and unreachable servers
-            raise SweepError(f"cannot open --storage {self.storage_url}: {exc}") from None
-        metric = self.spec.metric
-        study = optuna.create_study(
-            storage=storage,
-            study_name=self.spec.name,
-            direction="maximize" if metric is not None and metric.goal == "maximize" else "minimize",
-            sampler=self._sampler(),
-            pruner=self._pruner(),
-            load_if_exists=True,
-        )
+            study = optuna.create_study(
+                storage=storage,
+                study_name=self.spec.name,
+                direction="maximize" if metric is not None and metric.goal == "maximize" else "minimize",
+                sampler=self._sampler(),
+                pruner=self._pruner(),
+                load_if_exists=True,
+            )
+        except Exception as exc:  # SQLAlchemy raises its own types for bad URLs, drivers, servers and damaged files
+            raise self._unreadable(exc) from None
         stored = study.user_attrs.get("sweep")
         if stored is None:
             study.set_user_attr("sweep", _jsonable(self.spec.config))
@@ -157,19 +180,46 @@ class LocalSweep:
                 f"{self.storage_url} already holds a different sweep named {self.spec.name!r}: "
                 "give this one another --dir (or name), or restore the file it was started with"
             )
+        return study
+
+    def _open_own_study(self) -> Any:
+        """The study in the folder's SQLite file; rebuilt from the folder when the file lost it (emptied, deleted)."""
+        try:
+            _sqlite_wal(self.folder / STUDY_FILE)
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from None
+        study = self._open_study()
+        if not study.get_trials(deepcopy=False) and started_runs(self.folder):
+            self.echo(rebuild(study, self.spec, self.folder, self._space, self._named()))
+        return study
+
+    def _unreadable(self, exc: BaseException) -> SweepError:
+        """One line for a storage that cannot be opened (SQLAlchemy's own messages run to several)."""
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if self._shared:
+            return SweepError(f"cannot open --storage {self.storage_url}: {why}")
+        db = self.folder / STUDY_FILE
+        return SweepError(f"{db}: cannot read the sweep's study ({why}): {recovery_hint(self.folder)}")
+
+    def _named(self) -> dict[str, Any]:
+        """The sweep file as it runs, with its name: ``sweep.yaml``'s content."""
+        return {**_jsonable(self.spec.config), "name": self.spec.name}
+
+    def _adopt(self) -> None:
+        """Take the study over: write ``sweep.yaml`` and queue again the trials whose controller is gone."""
+        import optuna
+
+        study = self.study
         # The file as it runs, named, next to its runs: `gradwatch report` reads the parameters and metric from it.
-        named = {**_jsonable(self.spec.config), "name": self.spec.name}
-        (self.folder / SWEEP_FILE).write_text(json.dumps(named, indent=2))
+        write_atomic(self.folder / SWEEP_FILE, json.dumps(self._named(), indent=2))
         # With its own storage this controller is alone (the folder lock), so every running trial lost its
         # controller; on shared storage only trials whose heartbeat stopped did.
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        if not self._shared:
-            for trial in running:
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-                self._retry(study, trial)
-        else:
+        if self._shared:
             optuna.storages.fail_stale_trials(study)
-        return study
+            return
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            self._retry(study, trial)
 
     def _sampler(self) -> Any:
         import optuna
@@ -216,7 +266,7 @@ class LocalSweep:
     @staticmethod
     def _retry(study: Any, trial: Any) -> None:
         """Queue the parameters of a trial that lost its controller again; the new trial names the one it retries."""
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        queue_again(study, trial.params, trial.number)
 
     def ended(self) -> int:
         """Trials that ended (finished, pruned, or failed on their own), across every controller of the study."""
@@ -262,10 +312,13 @@ class LocalSweep:
         from gradwatch.loggers import fresh_run_id
 
         params = {name: trial.params[name] for name in self.spec.parameters}
-        run_id = fresh_run_id()
+        resume = self._resumable(trial)
+        run_id = resume.name if resume is not None else fresh_run_id()
         runs = self.folder / RUNS_DIR
         run_dir = runs / run_id
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=resume is not None)
+        if resume is not None:  # a stop request belongs to the attempt it stopped
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
         # As `wandb agent` does: the parameters as a W&B config file (loaded and locked by `wandb.init`) and as JSON.
         config_file, json_file = trial_files(self.folder, run_id)
         config_file.parent.mkdir(exist_ok=True)
@@ -275,26 +328,49 @@ class LocalSweep:
         json_file.write_text(json.dumps(params))
         command = expand_command(self.spec.command, params, program=self.spec.program, args_json_file=str(json_file))
         slot = min(set(range(self.workers)) - {r.slot for r in self._running})
-        env = self._environment(run_id, runs, config_file, slot)
+        env = self._environment(run_id, runs, config_file, slot, resume)
         trial.set_user_attr("run", {"id": run_id, "dir": str(run_dir), "command": command})
-        log = (run_dir / "trial.log").open("wb")
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        log = (run_dir / "trial.log").open("ab")  # a resumed run's log goes on after the earlier attempt's
+        try:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:  # the program vanished or lost its permissions since the sweep started
+            log.close()
+            self._fail(trial, f"cannot start {command[0]}: {exc.strerror}", {"seconds": 0.0}, run_dir)
+            return
         self.study._storage.record_heartbeat(trial._trial_id)
         self._running.append(_Running(trial, run_dir, process, log, slot))
         shown = " ".join(f"{k}={v}" for k, v in params.items())
-        self.echo(f"trial {trial.number} started: {shown} (run {run_id})")
+        how = f"resuming run {run_id} from {CHECKPOINTS_DIR}/" if resume is not None else f"run {run_id}"
+        self.echo(f"trial {trial.number} started: {shown} ({how})")
 
-    def _environment(self, run_id: str, runs: Path, config_file: Path, slot: int) -> dict[str, str]:
+    def _resumable(self, trial: Any) -> Path | None:
+        """The run folder a retried trial continues: the one it retries, when that saved a checkpoint."""
+        origin = trial.user_attrs.get("retry_of")
+        if origin is None:
+            return None
+        storage, study_id = self.study._storage, self.study._study_id
+        earlier = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, origin))
+        run_dir = earlier.user_attrs.get("run", {}).get("dir")
+        # On shared storage the run may have been on another machine: then its folder is not here, and it starts over.
+        return Path(run_dir) if run_dir and latest_checkpoint(Path(run_dir)) is not None else None
+
+    def _environment(
+        self, run_id: str, runs: Path, config_file: Path, slot: int, resume: Path | None
+    ) -> dict[str, str]:
         env = dict(os.environ)
         # A W&B service this controller started must not adopt the trial's run: each trial starts its own.
         env.pop("WANDB_SERVICE", None)
+        # `gradwatch fit` continues the run folder this names (same run id); only a retried trial with a checkpoint.
+        env.pop(RESUME_ENV, None)
+        if resume is not None:
+            env[RESUME_ENV] = str(resume)
         # `${interpreter}` is `python` on PATH: the one of the environment running this sweep comes first.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update(
@@ -323,8 +399,19 @@ class LocalSweep:
             code = r.process.poll()
             if code is not None:
                 self._finish(r, code)
+                self._save_results()
             elif r.terminated is not None and now - r.terminated > KILL_DELAY:
                 r.process.kill()
+
+    def _save_results(self) -> None:
+        """Write ``results.csv`` and ``results.json`` now: a lost ``sweep.db`` is rebuilt from every trial that ended.
+
+        A full disk only costs the files' freshness (the study holds the trials), so it does not stop the sweep.
+        """
+        try:
+            save(collect(self.study, self.spec), self.folder)
+        except OSError as exc:
+            self.echo(f"warning: cannot write the results ({exc.strerror}: {exc.filename}); the study keeps them")
 
     def _report(self, r: _Running) -> None:
         # Only a pruner reads values while a trial runs; without one the final value is told at the end.
@@ -339,25 +426,19 @@ class LocalSweep:
         r.csv_stamp = (stat.st_mtime_ns, stat.st_size)
         name = self.spec.metric.name
         values = read_metrics(r.run_dir / METRICS_FILE).values(name)
-        rungs = [step for step in range(r.reported, len(values)) if self._is_rung(step)]
+        # Only the steps Hyperband's brackets read: each report and pruning check is a few storage transactions.
+        rungs = [step for step in range(r.reported, len(values)) if self.spec.early_terminate.is_rung(step)]
         r.reported = len(values)
         for step in rungs:
             r.trial.report(values[step], step)
         if rungs and r.trial.should_prune():
             r.pruned_at = r.reported
-            r.process.terminate()  # Lightning stops at the next step and finishes the run cleanly
+            # Without this file `gradwatch fit` takes SIGTERM for preemption (checkpoint, exit 143); with it, it stops
+            # the run cleanly and finishes the W&B run, as a pruned trial should.
+            why = f"trial {r.trial.number} pruned by Hyperband after {r.reported} {name} values"
+            write_atomic(r.run_dir / STOP_FILE, f"stopped by gradwatch sweep {self.spec.name}: {why}\n")
+            r.process.terminate()
             r.terminated = time.monotonic()
-
-    def _is_rung(self, step: int) -> bool:
-        """Whether Hyperband can compare trials at ``step``: ``min_iter × eta^k``, the only steps its brackets read.
-
-        Each report and pruning check is a few storage transactions, so the values between rungs are not sent.
-        """
-        hb = self.spec.early_terminate
-        assert hb is not None
-        while step > hb.min_iter and step % hb.eta == 0:
-            step //= hb.eta
-        return step == hb.min_iter
 
     def _finish(self, r: _Running, code: int) -> None:
         from optuna.trial import TrialState
@@ -370,14 +451,18 @@ class LocalSweep:
         outcome = {"exit_code": code, "seconds": round(seconds, 1), "health": health_summary(metrics)}
         metric = self.spec.metric
         values = metrics.values(metric.name) if metric is not None else []
+        if r.pruned_at is None and code == PREEMPTED_EXIT and self._preempted(trial, outcome):
+            return
         if r.pruned_at is None and not (code == 0 and (metric is None or values)):
-            outcome["error"] = f"exit code {code}" if code else f"{metric.name} was never logged"
+            error = outcome.get("error") or (f"exit code {code}" if code else f"{metric.name} was never logged")
+            self._fail(trial, error, outcome, r.run_dir)
+            return
         trial.set_user_attr("outcome", outcome)
         if r.pruned_at is not None:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.echo(f"trial {trial.number} pruned after {r.pruned_at} {metric.name} values ({seconds:.0f} s)")
-        elif code == 0 and metric is not None and values:
-            if self.spec.early_terminate is not None and not self._is_rung(len(values) - 1):
+        elif metric is not None:
+            if self.spec.early_terminate is not None and not self.spec.early_terminate.is_rung(len(values) - 1):
                 # The pruner sizes its brackets ("auto" max_iter) from the last step of finished trials.
                 trial.report(values[-1], len(values) - 1)
             self.study.tell(trial, values[-1])
@@ -385,19 +470,42 @@ class LocalSweep:
             if metric.reached(values[-1]):
                 self._target_reached = True
                 self.echo(f"sweep {self.spec.name}: {metric.name} reached the target {metric.target}; no new trials")
-        elif code == 0 and metric is None:
+        else:
             # Grid and random search need no metric; Optuna needs a value to call a trial complete.
             self.study.tell(trial, 0.0)
             self.echo(f"trial {trial.number} finished ({seconds:.0f} s)")
-        else:
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.echo(f"trial {trial.number} failed: {outcome['error']} (log: {r.run_dir / 'trial.log'})")
+
+    def _preempted(self, trial: Any, outcome: dict[str, Any]) -> bool:
+        """Queue a preempted trial again (it resumes from its checkpoint); ``False`` once it was preempted too often.
+
+        Only something outside the sweep preempts one trial while its controller runs on; a program that always
+        exits 143 must not run forever.
+        """
+        from optuna.trial import TrialState
+
+        preempted = trial.user_attrs.get("preempted", 0) + 1
+        if preempted > MAX_PREEMPTIONS:
+            outcome["error"] = f"preempted {preempted} times in a row (exit code {PREEMPTED_EXIT})"
+            return False
+        trial.set_user_attr("outcome", {**outcome, "error": "preempted"})
+        self.study.tell(trial, state=TrialState.FAIL)
+        queue_again(self.study, trial.params, trial.number, preempted)
+        self.echo(f"trial {trial.number} preempted (exit {PREEMPTED_EXIT}); it runs again, from its checkpoint if any")
+        return True
+
+    def _fail(self, trial: Any, error: str, outcome: dict[str, Any], run_dir: Path) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("outcome", {**outcome, "error": error})
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.echo(f"trial {trial.number} failed: {error} (log: {run_dir / 'trial.log'})")
 
     def _interrupt(self) -> None:
         from optuna.trial import TrialState
 
         for r in self._running:
             r.process.terminate()
+        retried = 0
         deadline = time.monotonic() + KILL_DELAY
         for r in self._running:
             try:
@@ -406,9 +514,14 @@ class LocalSweep:
                 r.process.kill()
                 r.process.wait()
             r.log.close()
+            if r.pruned_at is not None:  # pruned before the interrupt: that decision stands
+                self.study.tell(r.trial, state=TrialState.PRUNED)
+                continue
+            # SIGTERM without a stop request is preemption to `gradwatch fit`: it saved a checkpoint to resume from.
             self.study.tell(r.trial, state=TrialState.FAIL)
-            self._retry(self.study, self.study._storage.get_trial(r.trial._trial_id))
-        self.echo(f"sweep {self.spec.name}: interrupted; {len(self._running)} running trials will be retried")
+            self._retry(self.study, r.trial)
+            retried += 1
+        self.echo(f"sweep {self.spec.name}: interrupted; {retried} running trials run again next time")
         self._running.clear()
 
 
@@ -453,6 +566,24 @@ def with_driver(url: str) -> str:
             f"a checkout: .venv/bin/pip install -e '.[{extra}]') or psycopg2"
         )
     return f"postgresql+{driver}://{rest}"
+
+
+def check_command(spec: SweepSpec) -> None:
+    """Refuse a command whose program is not there, before any trial fails on it.
+
+    Checks the first word (and the program ``env`` runs) on ``PATH`` as a trial gets it, and ``${program}``'s file.
+
+    Raises:
+        SweepError: naming the word and where it was looked for.
+    """
+    words = expand_command(spec.command, {}, program=spec.program)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if words and Path(words[0]).name == "env":  # `env NAME=value -i program ...`: the program is the first plain word
+        words = [word for word in words[1:] if "=" not in word and not word.startswith("-")]
+    if words and shutil.which(words[0], path=path) is None:
+        raise spec.error("command", f"{words[0]!r} is not a program on PATH (nor a file that can run)")
+    if "${program}" in spec.command and not Path(str(spec.program)).is_file():
+        raise spec.error("program", f"{spec.program!r} is not a file (looked in {Path.cwd()})")
 
 
 def interrupted(trials: list[Any]) -> set[int]:

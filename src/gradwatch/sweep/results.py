@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gradwatch.rundir import RESULTS_CSV, RESULTS_JSON, describe_health, ranked
+from gradwatch.rundir import RESULTS_CSV, RESULTS_JSON, describe_health, ranked, write_atomic
 from gradwatch.sweep.spec import SweepSpec
 
 
@@ -44,7 +45,10 @@ _STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNIN
 
 
 def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
-    """The study's trials as results, best first (:func:`gradwatch.rundir.ranked`: by state, then the metric)."""
+    """The study's trials as results, best first (:func:`gradwatch.rundir.ranked`: by state, then the metric).
+
+    One row per run: an interrupted trial whose run a later trial resumed (same run folder) is shown by that one.
+    """
     from gradwatch.sweep.local import interrupted
 
     rows = []
@@ -72,6 +76,8 @@ def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
             )
         )
     rows.sort(key=lambda r: r.trial)
+    latest = {r.run_dir: r.trial for r in rows}  # the last attempt at each run
+    rows = [r for r in rows if not r.run_dir or latest[r.run_dir] == r.trial]
     goal = spec.metric.goal if spec.metric is not None else "minimize"
     return ranked(rows, value=lambda r: r.metric, state=lambda r: r.state, goal=goal)
 
@@ -82,18 +88,23 @@ def _last_intermediate(trial: Any) -> float | None:
 
 
 def save(results: list[TrialResult], folder: Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` (one column per parameter) and ``results.json`` into ``folder``."""
+    """Write ``results.csv`` (one column per parameter) and ``results.json`` into ``folder``.
+
+    Each file is replaced whole (:func:`gradwatch.rundir.write_atomic`): a kill or a full disk mid-write leaves the
+    previous one, which is what rebuilds a damaged study.
+    """
     csv_path, json_path = folder / RESULTS_CSV, folder / RESULTS_JSON
-    json_path.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    write_atomic(json_path, json.dumps([asdict(r) for r in results], indent=2) + "\n")
     names = list(results[0].params) if results else []
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial", "state", *names, "metric", "health", "attenuation", "seconds", "run_dir", "error"])
-        for r in results:
-            cells = [r.params[n] for n in names]
-            writer.writerow(
-                [r.trial, r.state, *cells, r.metric, r.health, r.attenuation, r.seconds, r.run_dir, r.error or ""]
-            )
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["trial", "state", *names, "metric", "health", "attenuation", "seconds", "run_dir", "error"])
+    for r in results:
+        cells = [r.params[n] for n in names]
+        writer.writerow(
+            [r.trial, r.state, *cells, r.metric, r.health, r.attenuation, r.seconds, r.run_dir, r.error or ""]
+        )
+    write_atomic(csv_path, text.getvalue())
     return csv_path, json_path
 
 

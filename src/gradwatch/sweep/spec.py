@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,9 @@ LOCAL_DISTRIBUTIONS = (
     "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
     "inv_log_uniform_values",
 )  # fmt: skip
+#: The most grid combinations the local engine enumerates unless told otherwise (``--max-grid``): Optuna's grid
+#: sampler holds every combination in the controller's memory (about 1 kB each) and each trial stores the grid.
+MAX_GRID = 10_000
 MACROS = ("env", "interpreter", "program", "args", "args_no_hyphens", "args_no_boolean_flags", "args_json",
           "args_json_file", "args_no_equals", "args_append_hydra", "args_override_hydra")  # fmt: skip
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
@@ -79,15 +83,20 @@ class Parameter:
 
     def grid(self) -> list[Any]:
         """Every value grid search visits, in W&B's order (``int_uniform`` inclusive, ``q_uniform`` as ``arange``)."""
-        if self.distribution == "constant":
-            return [self.value]
         if self.distribution == "int_uniform":
             return list(range(int(self.min), int(self.max) + 1))
         if self.distribution == "q_uniform":
-            q = self.q or 1.0
-            n = math.ceil((self.max - self.min) / q - 1e-9)
-            return [round(self.min + i * q, 12) for i in range(n)]
-        return list(self.values)
+            return [round(self.min + i * (self.q or 1.0), 12) for i in range(self.grid_count())]
+        return [self.value] if self.distribution == "constant" else list(self.values)
+
+    def grid_count(self) -> int:
+        """How many values :meth:`grid` holds, counted without making them (a range can be huge)."""
+        if self.distribution == "int_uniform":
+            return int(self.max) - int(self.min) + 1
+        if self.distribution == "q_uniform":
+            steps = (self.max - self.min) / (self.q or 1.0) - 1e-9
+            return math.ceil(steps) if math.isfinite(steps) else sys.maxsize
+        return 1 if self.distribution == "constant" else len(self.values)
 
     def examples(self) -> list[Any]:
         """Values that stand for the whole range when checking names and types: every value, or both bounds."""
@@ -127,6 +136,12 @@ class Hyperband:
     eta: int = 3
     max_iter: int | None = None
 
+    def is_rung(self, step: int) -> bool:
+        """Whether Hyperband compares trials at the metric's ``step``-th value (0-based): ``min_iter × eta^k``."""
+        while step > self.min_iter and step % self.eta == 0:
+            step //= self.eta
+        return step == self.min_iter
+
 
 @dataclass(frozen=True)
 class SweepSpec:
@@ -157,15 +172,28 @@ class SweepSpec:
     config: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def grid_size(self) -> int:
-        """How many combinations grid search visits."""
-        return math.prod(len(p.grid()) for p in self.parameters.values())
+        """How many combinations grid search visits (counted, not enumerated)."""
+        return math.prod(p.grid_count() for p in self.parameters.values())
 
-    def check_local(self) -> None:
-        """Raise :class:`SweepError` for what the local engine cannot run exactly as W&B would.
+    def check_local(self, max_grid: int = MAX_GRID) -> None:
+        """Raise :class:`SweepError` for what the local engine cannot run exactly as W&B would, or cannot afford.
+
+        Args:
+            max_grid: The most combinations a grid may have (the engine holds them all in memory).
 
         Raises:
-            SweepError: a distribution Optuna has no exact counterpart for.
+            SweepError: a distribution Optuna has no exact counterpart for, or a grid larger than ``max_grid``.
         """
+        if self.method == "grid" and self.grid_size() > max_grid:
+            # The biggest factors first; equal ones in the file's order.
+            counts = sorted(((p.name, p.grid_count()) for p in self.parameters.values()), key=lambda c: -c[1])
+            counts = [(name, count) for name, count in counts if count > 1]
+            factors = " × ".join(f"{name} {count:,}" for name, count in counts[:4]) + (" × ..." if counts[4:] else "")
+            raise self.error(
+                "parameters",
+                f"the grid has {self.grid_size():,} combinations ({factors}), more than the local engine enumerates "
+                f"({max_grid:,}): narrow it, sample it with method: random and run_cap, or raise --max-grid",
+            )
         for p in self.parameters.values():
             if p.weighted:
                 raise self.error(f"parameters.{p.name}.probabilities", "value probabilities run on W&B only")
@@ -241,10 +269,9 @@ def parse_sweep(raw: Any, path: str | Path = "<sweep>") -> SweepSpec:
     if run_cap is not None and (isinstance(run_cap, bool) or not isinstance(run_cap, int) or run_cap < 1):
         raise fail("run_cap", f"must be an integer >= 1, got {run_cap!r}")
     command = _command(raw.get("command"), raw.get("program"), fail)
-    name = raw.get("name") or path.stem
     return SweepSpec(
         path=path,
-        name=str(name),
+        name=_name(raw.get("name"), path, fail),
         method=method,
         parameters=params,
         command=command,
@@ -254,6 +281,20 @@ def parse_sweep(raw: Any, path: str | Path = "<sweep>") -> SweepSpec:
         program=raw.get("program"),
         config=dict(raw),
     )
+
+
+def _name(raw: Any, path: Path, fail: Any) -> str:
+    """``name``, else the file's stem; it names the local sweep's folder, so it must stay one folder name."""
+    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (str, int, float))):
+        raise fail("name", f"must be a string, got {raw!r}")
+    name = str(raw) if raw not in (None, "") else path.stem
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise fail(
+            "name",
+            f"{name!r} is not a folder name: a local sweep runs in runs/sweeps/<name>, so the name cannot hold '/' or "
+            "'\\' or be '.' or '..' (--dir chooses another folder)",
+        )
+    return name
 
 
 def _metric(raw: Any, fail: Any) -> Metric | None:
