@@ -22,6 +22,7 @@ EXPECTED = {
     "startup.py": "import gradwatch imports none of",
     "sweep_controller.py": "controller CPU per trial (median) <",
     "sweep_workers.py": "trials per hour, 2 workers / 1:",
+    "warm_trials.py": "same trials, same results (every metrics.csv byte for byte)",
 }
 SCRIPTS = sorted(
     path.name for path in BENCH.glob("*.py") if path.name not in HELPERS and "def main(" in path.read_text()

@@ -45,6 +45,17 @@ def only_run_dir(root: Path) -> Path:
     return run_dir
 
 
+def test_with_wandb_disabled_a_run_closes_with_its_csv_alone(tmp_path):
+    fit = gradwatch(
+        "fit", "--model", "CNN", "--data", "DigitsDataModule", "--model.depth", "2", "--trainer.max_steps", "2",
+        "--trainer.limit_val_batches", "1", *QUICK, cwd=tmp_path, env={"WANDB_MODE": "disabled"},
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (line,) = [line for line in fit.stdout.splitlines() if line.startswith("gradwatch:")]
+    assert line.endswith("/metrics.csv"), line  # no W&B run to point to, and nothing in its place
+    assert not list(tmp_path.glob("runs/*/wandb/*-run-*"))
+
+
 @pytest.mark.slow
 def test_fit_cnn_on_digits_then_validate_and_test_its_checkpoint(tmp_path):
     fit = gradwatch(

@@ -1,5 +1,5 @@
 """``python -m gradwatch`` is the ``gradwatch`` command."""
 
-from gradwatch.cli import main
+from gradwatch.cli import run
 
-main()
+run()

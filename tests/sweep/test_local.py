@@ -241,11 +241,12 @@ def test_a_postgresql_storage_names_its_driver_or_the_server_it_cannot_reach(tmp
     import importlib.util
 
     path = scripted(tmp_path, {"x": {"values": [1]}})
-    url = "postgresql://nobody@127.0.0.1:1/none"
+    url = "postgresql://nobody:secret@127.0.0.1:1/none"
     if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is None:
         expected = "no PostgreSQL driver is installed; install gradwatch's 'postgres' extra"
     else:  # with the driver the URL gets it, and the closed port is named
-        expected = "cannot open --storage postgresql+psycopg://nobody@127.0.0.1:1/none: "
+        # As typed (the driver implied), and never with its password.
+        expected = "cannot open --storage postgresql://nobody:***@127.0.0.1:1/none: "
     with pytest.raises(SweepError, match=re.escape(expected)):
         LocalSweep(load_sweep(path), tmp_path / "out", storage=url)
 

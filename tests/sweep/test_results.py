@@ -43,6 +43,21 @@ def test_a_pruned_trial_with_the_best_last_value_ranks_after_every_finished_one(
     ]
 
 
+def test_a_running_trial_shows_its_latest_metric_and_health_from_its_run_folder(tmp_path):
+    here, elsewhere = tmp_path / "abc123", tmp_path / "on-another-machine"
+    here.mkdir()
+    (here / "metrics.csv").write_text(
+        "epoch,health/vanishing,step,val/acc\n0,0,9,0.5\n1,3,19,0.75\n1,2,2"  # the last row is still being written
+    )
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(trial(0.01, TrialState.COMPLETE, value=0.8, user_attrs={"run": {"dir": "done"}}))
+    study.add_trial(trial(0.1, TrialState.RUNNING, user_attrs={"run": {"dir": str(here)}}))
+    study.add_trial(trial(1.0, TrialState.RUNNING, user_attrs={"run": {"dir": str(elsewhere)}}))
+    rows = {r.trial: r for r in collect(study, SPEC)}
+    assert (rows[1].state, rows[1].metric, rows[1].health) == ("running", 0.75, "vanishing 3")
+    assert (rows[2].state, rows[2].metric, rows[2].health) == ("running", None, "")
+
+
 SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml"))
 
 

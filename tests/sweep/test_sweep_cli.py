@@ -87,3 +87,66 @@ def test_import_gradwatch_and_the_sweep_command_stay_light():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert done.stdout.strip() == "[]"
+
+
+def on_a_terminal(*args: str, cwd: Path) -> tuple[int, str]:
+    """``gradwatch ARGS`` with a pseudo-terminal as its output, as in an interactive shell: exit code, screen text."""
+    import pty
+
+    env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "200", "TERM": "xterm"}
+    env.pop("WANDB_SERVICE", None)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradwatch", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=follower,
+        stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_on_a_terminal_one_live_line_stands_for_the_trials_and_a_pipe_gets_a_line_each(tmp_path):
+    import re
+
+    from test_local import scripted
+
+    params = {"x": {"values": [1, 2, 3]}, "steps": {"value": 3}, "sleep": {"value": 0.4}}
+    path = scripted(tmp_path, params, name="live")
+    code, screen = on_a_terminal("sweep", "run", str(path), "--local", "--dir", "a", cwd=tmp_path)
+    assert code == 0, screen
+    # What the terminal shows line by line: cursor moves and colours out, each line as last drawn.
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).split("\r")[-1] for line in screen.split("\n")]
+    status = [line for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen).split("\r") if " done · " in line]
+    assert any(re.search(r"[0-3]/3 done · [0-9] running · [0-3] queued · ", line) for line in status), screen
+    assert any("best val/loss " in line and "ETA " in line for line in status), screen
+    assert not [line for line in lines if line.startswith("gradwatch sweep: trial ")], screen  # no line per event
+    assert "gradwatch sweep: 3 finished; results in " in screen
+
+    piped = subprocess.run(
+        [sys.executable, "-m", "gradwatch", "sweep", "run", str(path), "--local", "--dir", "b"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    assert len(re.findall(r"^gradwatch sweep: trial \d started: ", piped.stdout, re.MULTILINE)) == 3
+    assert " done · " not in piped.stdout
+
+
+def test_the_status_line_counts_trials_and_says_the_best_and_the_time_left():
+    from gradwatch.cli.progress import describe
+    from gradwatch.sweep.local import Progress
+
+    start = Progress(total=8, ended=0, running=2, elsewhere=0, best=None, elapsed=3.0, ended_here=0)
+    assert describe(start, "val/acc") == "0/8 done · 2 running · 6 queued · 0:03"
+    later = Progress(total=8, ended=4, running=2, elsewhere=1, best=(0.98519, 4), elapsed=3725.0, ended_here=2)
+    assert describe(later, "val/acc") == (
+        "4/8 done · 2 running · 1 on other machines · 1 queued · best val/acc 0.9852 (#4) · 1:02:05, ETA 2:04:10"
+    )

@@ -202,10 +202,13 @@ class GradwatchCLI(LightningCLI):
         if broken:
             parts.append(f"{', '.join(broken)} not finite")
         verdicts = {v: int(logged[verdict_key(v)]) for v in VERDICTS if verdict_key(v) in logged}
+        stalled = verdicts.pop("stalled", 0)
         if verdicts:  # the GradientMonitor's last word: how many layers each verdict named at the last measurement
             named = ", ".join(f"{verdict} in {n} layers" for verdict, n in verdicts.items() if n)
             quiet = "no gradient verdict at the last measurement" if broken else "gradients healthy"
             parts.append(f"gradients: {named}" if named else quiet)
+        if stalled:
+            parts.append("training stalled")
         if saved is not None:
             parts.append(saved)
         elif csv is not None:
@@ -225,8 +228,8 @@ class GradwatchCLI(LightningCLI):
         offline = run.settings.mode in ("offline", "dryrun")
         sync_dir = run.settings.sync_dir
         wandb.finish(exit_code=exit_code)
-        if not offline:
-            return [run.url]
+        if not offline:  # online: where to watch it (W&B disabled: no run, no address)
+            return [run.url] if run.url else []
         # A resumed offline run is one folder per start; `wandb sync` uploads them, in order, as one run.
         pieces = sorted(Path(sync_dir).parent.glob(f"offline-run-*-{run.id}"))
         sync = " ".join(map(str, pieces)) if len(pieces) > 1 else sync_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run on Optuna here even when logged in to W&B")
     run.add_argument("--dir", type=Path, help="sweep folder (default: runs/sweeps/<name>)")
     run.add_argument("--storage", help="Optuna RDB URL shared by several machines (implies --local)")
+    run.add_argument(
+        "--cold",
+        action="store_true",
+        help="start every local trial as a fresh process (default: trials of gradwatch fork from a warm worker that "
+        "has imported torch and Lightning)",
+    )
     run.add_argument(
         "--max-grid",
         type=_positive,
@@ -110,11 +117,14 @@ def _run_online(spec: SweepSpec, args: argparse.Namespace) -> int:
 def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from gradwatch.cli.progress import StatusLine
     from gradwatch.rundir import RESULTS_CSV, root_dir
     from gradwatch.sweep.local import LocalSweep
     from gradwatch.sweep.results import collect, render, save
 
     folder = args.dir or Path(root_dir()) / "sweeps" / spec.name
+    # On a terminal one live line stands for the routine events; a log or a pipe gets a line for each.
+    status = StatusLine(spec.metric.name if spec.metric is not None else None) if sys.stdout.isatty() else None
     sweep = LocalSweep(
         spec,
         folder,
@@ -122,11 +132,14 @@ def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
         workers=args.workers,
         count=args.count,
         max_grid=args.max_grid,
-        echo=lambda line: print(f"gradwatch sweep: {line}", flush=True),
+        warm=not args.cold,
+        echo=status.echo if status is not None else lambda line: print(f"gradwatch sweep: {line}", flush=True),
+        on_event=status.event if status is not None else None,
     )
     code = 0
     try:
-        sweep.run()
+        with status.showing(sweep) if status is not None else contextlib.nullcontext():
+            sweep.run(tick=status.tick if status is not None else None)
     except KeyboardInterrupt:
         code = 130
     results = collect(sweep.study, spec)

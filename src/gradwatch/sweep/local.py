@@ -47,6 +47,7 @@ from gradwatch.sweep.command import expand_command
 from gradwatch.sweep.recover import queue_again, rebuild, recovery_hint, started_runs
 from gradwatch.sweep.results import collect, save
 from gradwatch.sweep.spec import MAX_GRID, SweepError, SweepSpec
+from gradwatch.sweep.warm import WarmProcess, WarmWorkers
 from gradwatch.sweep.workers import visible_gpus, worker_env
 
 #: Seconds between heartbeats of running trials; a trial silent for GRACE_PERIOD is taken as interrupted.
@@ -57,6 +58,8 @@ KILL_DELAY = 30
 POLL_INTERVAL = 0.5
 #: Times in a row a trial may be preempted (exit 143) and run again before it counts as failed.
 MAX_PREEMPTIONS = 3
+#: The first key of gradwatch's PostgreSQL advisory locks ("gwsw"); the second is 0 (the schema) or a study's id.
+LOCK_NAMESPACE = int.from_bytes(b"gwsw", "big")
 
 
 @dataclass
@@ -65,7 +68,7 @@ class _Running:
 
     trial: Any  # optuna.Trial
     run_dir: Path
-    process: subprocess.Popen
+    process: subprocess.Popen | WarmProcess
     log: IO[bytes]
     slot: int
     started: float = field(default_factory=time.monotonic)
@@ -73,6 +76,41 @@ class _Running:
     csv_stamp: tuple[int, int] = (0, 0)
     pruned_at: int | None = None
     terminated: float | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a local sweep stands (:meth:`LocalSweep.progress`).
+
+    Attributes:
+        total: Trials the sweep runs in all.
+        ended: Trials that ended (finished, pruned or failed), on every machine.
+        running: Trials this controller runs now.
+        elsewhere: Trials other controllers of a shared study run now.
+        best: The best finished value of the metric so far and its trial number.
+        elapsed: Seconds since :meth:`LocalSweep.run` started.
+        ended_here: Trials this controller ended since then: the pace the ETA is drawn from.
+    """
+
+    total: int
+    ended: int
+    running: int
+    elsewhere: int
+    best: tuple[float, int] | None
+    elapsed: float
+    ended_here: int
+
+    @property
+    def queued(self) -> int:
+        """Trials not started yet."""
+        return max(self.total - self.ended - self.running - self.elsewhere, 0)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until the last trial ends at the pace so far; ``None`` before a trial ended here."""
+        if not self.ended_here:
+            return None
+        return self.elapsed / self.ended_here * max(self.total - self.ended, 0)
 
 
 class LocalSweep:
@@ -87,6 +125,10 @@ class LocalSweep:
             when ``None``, whichever is smaller.
         max_grid: The most combinations a grid sweep may have (``--max-grid``).
         echo: Where progress lines go.
+        on_event: Where the lines of routine events go (a trial started, finished or pruned); ``echo`` when
+            ``None``. A live status line shows them in place instead of printing each.
+        warm: Start trials of gradwatch's own command from a warm worker that has imported torch and Lightning
+            (:mod:`gradwatch.sweep.warm`); ``False``: every trial is a fresh process.
 
     Raises:
         SweepError: before the folder is made: the file asks what the engine cannot run, its program is missing, the
@@ -105,6 +147,8 @@ class LocalSweep:
         count: int | None = None,
         max_grid: int = MAX_GRID,
         echo: Callable[[str], None] = print,
+        on_event: Callable[[str], None] | None = None,
+        warm: bool = True,
     ) -> None:
         spec.check_local(max_grid)
         if workers < 1:
@@ -116,10 +160,12 @@ class LocalSweep:
         self.folder = Path(folder).resolve()
         self.workers = workers
         self.echo = echo
+        self.on_event = on_event or echo
         self.total = self._total(count)
         self._space = self._distributions()
         self._shared = storage is not None
         self.storage_url = with_driver(storage) if storage else f"sqlite:///{self.folder / STUDY_FILE}"
+        self._storage_given = storage or self.storage_url
         # Whatever can fail is tried before the folder exists, so a refused start leaves nothing behind. The sweep's
         # own SQLite file needs its folder first, and can only fail to open when a folder was there already.
         shared = self._open_study() if self._shared else None
@@ -131,9 +177,12 @@ class LocalSweep:
         self.study = shared if shared is not None else self._open_own_study()
         self._adopt()
         self._running: list[_Running] = []
+        self._run_started, self._ended_here = time.monotonic(), 0
         self._target_reached = False
+        self._waiting = False
         self._last_heartbeat = 0.0
         self._gpus = visible_gpus()
+        self._warm = WarmWorkers(echo=echo) if warm else None
 
     def _total(self, count: int | None) -> int:
         caps = [c for c in (count, self.spec.run_cap) if c is not None]
@@ -156,20 +205,26 @@ class LocalSweep:
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         metric = self.spec.metric
         try:
-            storage = optuna.storages.RDBStorage(
-                self.storage_url,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-                heartbeat_stale_trial_callback=self._retry,
-            )
-            study = optuna.create_study(
-                storage=storage,
-                study_name=self.spec.name,
-                direction="maximize" if metric is not None and metric.goal == "maximize" else "minimize",
-                sampler=self._sampler(),
-                pruner=self._pruner(),
-                load_if_exists=True,
-            )
+            import sqlalchemy
+
+            # Controllers that start at once on a new database would all create Optuna's tables: one at a time.
+            schema = sqlalchemy.create_engine(self.storage_url, poolclass=sqlalchemy.pool.NullPool)
+            with _one_at_a_time(schema, 0):
+                storage = optuna.storages.RDBStorage(
+                    self.storage_url,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    heartbeat_stale_trial_callback=self._retry,
+                )
+                study = optuna.create_study(
+                    storage=storage,
+                    study_name=self.spec.name,
+                    direction="maximize" if metric is not None and metric.goal == "maximize" else "minimize",
+                    sampler=self._sampler(),
+                    pruner=self._pruner(),
+                    load_if_exists=True,
+                )
+            self._engine = storage.engine
         except Exception as exc:  # SQLAlchemy raises its own types for bad URLs, drivers, servers and damaged files
             raise self._unreadable(exc) from None
         stored = study.user_attrs.get("sweep")
@@ -177,7 +232,7 @@ class LocalSweep:
             study.set_user_attr("sweep", _jsonable(self.spec.config))
         elif stored != _jsonable(self.spec.config):
             raise SweepError(
-                f"{self.storage_url} already holds a different sweep named {self.spec.name!r}: "
+                f"{self.shown_url} already holds a different sweep named {self.spec.name!r}: "
                 "give this one another --dir (or name), or restore the file it was started with"
             )
         return study
@@ -197,9 +252,19 @@ class LocalSweep:
         """One line for a storage that cannot be opened (SQLAlchemy's own messages run to several)."""
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if self._shared:
-            return SweepError(f"cannot open --storage {self.storage_url}: {why}")
+            return SweepError(f"cannot open --storage {self.shown_url}: {why}")
         db = self.folder / STUDY_FILE
         return SweepError(f"{db}: cannot read the sweep's study ({why}): {recovery_hint(self.folder)}")
+
+    @property
+    def shown_url(self) -> str:
+        """The storage URL as the user wrote it, its password hidden: what messages name."""
+        import sqlalchemy
+
+        try:
+            return sqlalchemy.make_url(self._storage_given).render_as_string(hide_password=True)
+        except sqlalchemy.exc.ArgumentError:  # not a URL at all: SQLAlchemy says so in the message itself
+            return self._storage_given
 
     def _named(self) -> dict[str, Any]:
         """The sweep file as it runs, with its name: ``sweep.yaml``'s content."""
@@ -274,12 +339,38 @@ class LocalSweep:
         retried = interrupted(trials)
         return sum(1 for t in trials if t.state.is_finished() and t.number not in retried)
 
-    def run(self) -> None:
+    def progress(self) -> Progress:
+        """Where the sweep stands: trials ended, running here and elsewhere, the best value so far, the pace."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        retried = interrupted(trials)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        values = [(t.value, t.number) for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        metric = self.spec.metric
+        best = None
+        if metric is not None and values:
+            best = (max if metric.goal == "maximize" else min)(values, key=lambda v: v[0])
+        return Progress(
+            total=self.total,
+            ended=sum(1 for t in trials if t.state.is_finished() and t.number not in retried),
+            running=len(self._running),
+            elsewhere=max(running - len(self._running), 0),
+            best=best,
+            elapsed=time.monotonic() - self._run_started,
+            ended_here=self._ended_here,
+        )
+
+    def run(self, tick: Callable[[], None] | None = None) -> None:
         """Run trials until ``count`` have ended or the metric's target is reached; then return.
 
         SIGINT or SIGTERM stops the running trials cleanly and marks them interrupted, so the next run of the same
         command retries them.
+
+        Args:
+            tick: Called after every round of checking the trials (twice a second), e.g. to redraw a status line.
         """
+        self._run_started, self._ended_here = time.monotonic(), 0
         ended = self.ended()
         if ended >= self.total:
             self.echo(f"sweep {self.spec.name}: all {self.total} trials already ended ({self.folder})")
@@ -287,12 +378,14 @@ class LocalSweep:
         self.echo(
             f"sweep {self.spec.name}: {self.total - ended} of {self.total} trials to run, {self.workers} at a time"
         )
-        with _stop_on_signals():
+        with _stop_on_signals(), self._warm or contextlib.nullcontext():
             try:
                 while True:
                     self._poll()
                     self._launch()
-                    if not self._running:
+                    if tick is not None:
+                        tick()
+                    if not self._running and not self._others_running():
                         break
                     time.sleep(POLL_INTERVAL)
             except KeyboardInterrupt:
@@ -303,10 +396,31 @@ class LocalSweep:
         from optuna.trial import TrialState
 
         while len(self._running) < self.workers and not self._target_reached:
-            others = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if self.ended() + len(others) >= self.total:
-                return
-            self._start(self.study.ask(self._space))
+            # On shared storage another controller may count and ask at the same moment: both would start the last
+            # trial (a grid's last point twice). They take turns; the heartbeat makes a trial whose controller dies
+            # from here on one that the others retry.
+            with _one_at_a_time(self._engine, self.study._study_id):
+                others = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if self.ended() + len(others) >= self.total:
+                    return
+                trial = self.study.ask(self._space)
+                self.study._storage.record_heartbeat(trial._trial_id)
+            self._start(trial)
+
+    def _others_running(self) -> bool:
+        """Whether trials of other controllers run on the shared storage (this one has none running).
+
+        Until they end, this controller stays: if their controller dies, it retries them.
+        """
+        from optuna.trial import TrialState
+
+        if not self._shared or self._target_reached:
+            return False
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if running and not self._waiting:
+            self._waiting = True
+            self.echo(f"sweep {self.spec.name}: waiting for {len(running)} trials running on other machines")
+        return bool(running)
 
     def _start(self, trial: Any) -> None:
         from gradwatch.loggers import fresh_run_id
@@ -332,7 +446,9 @@ class LocalSweep:
         trial.set_user_attr("run", {"id": run_id, "dir": str(run_dir), "command": command})
         log = (run_dir / "trial.log").open("ab")  # a resumed run's log goes on after the earlier attempt's
         try:
-            process = subprocess.Popen(
+            # gradwatch's own command forks from the warm worker; any other, or one it cannot take, starts afresh.
+            process = self._warm.popen(command, env=env, stdout=log) if self._warm is not None else None
+            process = process or subprocess.Popen(
                 command,
                 env=env,
                 stdout=log,
@@ -348,7 +464,7 @@ class LocalSweep:
         self._running.append(_Running(trial, run_dir, process, log, slot))
         shown = " ".join(f"{k}={v}" for k, v in params.items())
         how = f"resuming run {run_id} from {CHECKPOINTS_DIR}/" if resume is not None else f"run {run_id}"
-        self.echo(f"trial {trial.number} started: {shown} ({how})")
+        self.on_event(f"trial {trial.number} started: {shown} ({how})")
 
     def _resumable(self, trial: Any) -> Path | None:
         """The run folder a retried trial continues: the one it retries, when that saved a checkpoint."""
@@ -399,6 +515,7 @@ class LocalSweep:
             code = r.process.poll()
             if code is not None:
                 self._finish(r, code)
+                self._ended_here += 1
                 self._save_results()
             elif r.terminated is not None and now - r.terminated > KILL_DELAY:
                 r.process.kill()
@@ -460,20 +577,20 @@ class LocalSweep:
         trial.set_user_attr("outcome", outcome)
         if r.pruned_at is not None:
             self.study.tell(trial, state=TrialState.PRUNED)
-            self.echo(f"trial {trial.number} pruned after {r.pruned_at} {metric.name} values ({seconds:.0f} s)")
+            self.on_event(f"trial {trial.number} pruned after {r.pruned_at} {metric.name} values ({seconds:.0f} s)")
         elif metric is not None:
             if self.spec.early_terminate is not None and not self.spec.early_terminate.is_rung(len(values) - 1):
                 # The pruner sizes its brackets ("auto" max_iter) from the last step of finished trials.
                 trial.report(values[-1], len(values) - 1)
             self.study.tell(trial, values[-1])
-            self.echo(f"trial {trial.number} finished: {metric.name} {values[-1]:.4g} ({seconds:.0f} s)")
+            self.on_event(f"trial {trial.number} finished: {metric.name} {values[-1]:.4g} ({seconds:.0f} s)")
             if metric.reached(values[-1]):
                 self._target_reached = True
                 self.echo(f"sweep {self.spec.name}: {metric.name} reached the target {metric.target}; no new trials")
         else:
             # Grid and random search need no metric; Optuna needs a value to call a trial complete.
             self.study.tell(trial, 0.0)
-            self.echo(f"trial {trial.number} finished ({seconds:.0f} s)")
+            self.on_event(f"trial {trial.number} finished ({seconds:.0f} s)")
 
     def _preempted(self, trial: Any, outcome: dict[str, Any]) -> bool:
         """Queue a preempted trial again (it resumes from its checkpoint); ``False`` once it was preempted too often.
@@ -627,6 +744,23 @@ def _die_with_parent() -> None:
     """In the trial's process: get SIGTERM when the controller dies, even by SIGKILL (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _one_at_a_time(engine: Any, key: int) -> Iterator[None]:
+    """Hold PostgreSQL's advisory lock ``(LOCK_NAMESPACE, key)`` in ``engine``'s database for the block.
+
+    Controllers on several machines take turns through it. It is a transaction's lock: released when the block ends,
+    or when the controller dies and its connection with it. Other databases (SQLite) go through without one.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    import sqlalchemy
+
+    with engine.begin() as db:
+        db.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": LOCK_NAMESPACE, "key": key})
+        yield
 
 
 @contextlib.contextmanager

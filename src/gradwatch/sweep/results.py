@@ -10,7 +10,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gradwatch.rundir import RESULTS_CSV, RESULTS_JSON, describe_health, ranked, write_atomic
+from gradwatch.rundir import (
+    METRICS_FILE,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    describe_health,
+    health_summary,
+    ranked,
+    read_metrics,
+    write_atomic,
+)
 from gradwatch.sweep.spec import SweepSpec
 
 
@@ -59,8 +68,10 @@ def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
             continue
         state = "interrupted" if t.number in retried else _STATES[t.state.name]
         value = t.value if t.state.name == "COMPLETE" else _last_intermediate(t)
-        metric = value if spec.metric is not None and value is not None and state != "failed" else None
         run, outcome = t.user_attrs.get("run", {}), t.user_attrs.get("outcome")
+        if state == "running" and run.get("dir"):  # as far as it got: its run folder, when it runs on this machine
+            value, outcome = _so_far(Path(run["dir"]), spec)
+        metric = value if spec.metric is not None and value is not None and state != "failed" else None
         health = (outcome or {}).get("health", {})
         rows.append(
             TrialResult(
@@ -80,6 +91,15 @@ def collect(study: Any, spec: SweepSpec) -> list[TrialResult]:
     rows = [r for r in rows if not r.run_dir or latest[r.run_dir] == r.trial]
     goal = spec.metric.goal if spec.metric is not None else "minimize"
     return ranked(rows, value=lambda r: r.metric, state=lambda r: r.state, goal=goal)
+
+
+def _so_far(run_dir: Path, spec: SweepSpec) -> tuple[float | None, dict[str, Any] | None]:
+    """A running trial's latest metric value and gradient health, read from its ``metrics.csv``."""
+    metrics = read_metrics(run_dir / METRICS_FILE)
+    if not metrics.columns:
+        return None, None
+    values = metrics.values(spec.metric.name) if spec.metric is not None else []
+    return (values[-1] if values else None), {"health": health_summary(metrics)}
 
 
 def _last_intermediate(trial: Any) -> float | None:
