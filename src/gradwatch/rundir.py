@@ -58,6 +58,9 @@ RESULTS_JSON = "results.json"
 #: One JSON object a line for each verdict line the GradientMonitor said: step, verdict, network, layers, line and
 #: advice (its ``likely cause: ...; try ...`` part).
 VERDICTS_FILE = "verdicts.jsonl"
+#: The reproducer of a run's first non-finite step, which ``gradwatch replay`` re-runs: ``step`` is the step and
+#: ``rank`` ``""`` in one process, ``-rank<r>`` under DDP (``nonfinite-step12.pt``, ``nonfinite-step12-rank1.pt``).
+REPRODUCER_FILE = "nonfinite-step{step}{rank}.pt"
 CHECKPOINTS_DIR = "checkpoints"
 #: Folders inside a run folder that hold no run of their own.
 NOT_RUNS = frozenset({"wandb", CHECKPOINTS_DIR, FLOW_DIR, SAMPLES_DIR, TRIALS_DIR, "__pycache__"})
@@ -117,8 +120,9 @@ def is_sweep_folder(path: Path) -> bool:
 
 # --- keys -------------------------------------------------------------------------------------------------------------
 
-#: The verdicts, in the order every table and summary lists them; ``health/<verdict>`` counts the layers named.
-VERDICTS = ("vanishing", "exploding", "nonfinite")
+#: The verdicts, in the order every table and summary lists them; ``health/<verdict>`` counts the layers named
+#: (``stalled`` names the network: 1).
+VERDICTS = ("vanishing", "exploding", "nonfinite", "stalled")
 #: The hyperparameter where ``GradientMonitor`` records the measured layers in input → output order
 #: (``hparams.yaml``, the W&B config): metric keys cannot carry it, CSV headers and W&B panels sort them.
 LAYERS_KEY = "gradwatch/layers"
@@ -136,7 +140,7 @@ MONITOR_NAMESPACES = {"gradients": ("grad/", "param/", "health/"), "activations"
 
 
 def verdict_key(verdict: str) -> str:
-    """``health/<verdict>``: the number of layers the verdict names (0 when it does not stand)."""
+    """``health/<verdict>``: the number of layers the verdict names (0 when it does not stand; ``stalled``: 1)."""
     return f"health/{verdict}"
 
 
@@ -433,13 +437,13 @@ def health_summary(metrics: Metrics) -> dict[str, float]:
 
 
 def describe_health(summary: Mapping[str, float]) -> str:
-    """``healthy``, ``vanishing 9`` or ``exploding 2, nonfinite 1`` (layers named at the last measurement).
+    """``healthy``, ``vanishing 9``, ``exploding 2, nonfinite 1`` (layers named at the last measurement) or ``stalled``.
 
     A count that is not finite is shown as it is (``vanishing inf``).
     """
     if not any(verdict in summary for verdict in VERDICTS):
         return "not measured"
-    named = [f"{v} {summary[v]:g}" for v in VERDICTS if summary.get(v)]
+    named = [v if v == "stalled" else f"{v} {summary[v]:g}" for v in VERDICTS if summary.get(v)]
     return ", ".join(named) if named else "healthy"
 
 

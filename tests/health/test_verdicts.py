@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradwatch.health import HealthDetector, Measurement, Verdict, advise
+from gradwatch.health import HealthDetector, Measurement, StallDetector, Verdict, advise
 
 NAMES = ("stem", "blocks.0", "blocks.1", "head")
 
@@ -142,3 +142,92 @@ def test_describe_shortens_long_layer_lists():
 )
 def test_advice_is_drawn_from_the_configuration(verdict, config, kwargs, expected):
     assert advise(verdict, config, **kwargs) == expected
+
+
+# --- stalled: the loss stops falling while gradients flow --------------------------------------------------------
+
+CHANCE = float(np.log(10))
+
+
+def judge(losses, **kwargs) -> list[str | None]:
+    """Measured every 10 steps from step 0, in windows of 30 steps."""
+    detector = StallDetector(**{"span": 30, "chance": CHANCE, **kwargs})
+    return [detector.update(10 * i, loss) for i, loss in enumerate(losses)]
+
+
+def test_a_loss_that_stays_near_chance_stalls_once_two_windows_are_seen():
+    said = judge([2.6, 2.31, 2.30, 2.31, 2.30, 2.29, 2.30])
+    assert said[:6] == [None] * 6
+    assert said[6] == "loss 2.297 (chance 2.303): down 0.01 over the last 30 steps"
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [2.3, 1.2, 0.6, 0.3, 0.2, 0.15, 0.12, 0.11, 0.105, 0.1],  # converged: flat, but far below chance
+        [2.3, 2.31, 2.30, 2.30, 2.0, 1.5, 1.0],  # a slow start that then learns
+        [2.3, 2.3, 2.3, 2.3],  # two windows not seen yet: a stall is never called in the first steps
+    ],
+    ids=["converged", "slow start", "nan"],
+)
+def test_a_run_that_learns_or_has_learned_never_stalls(losses):
+    assert judge(losses)[-1] is None
+
+
+def test_without_a_chance_level_the_first_loss_is_the_scale():
+    assert judge([5.0, 5.0, 5.0, 4.9, 4.9, 4.9, 4.9], chance=None)[-1] == (
+        "loss 4.9 (first 5): down 0.067 over the last 30 steps"
+    )
+    assert judge([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4], chance=None)[-1] is None
+
+
+def test_a_nan_loss_is_left_to_the_nonfinite_verdict():
+    assert judge([2.3, 2.3, 2.3, 2.3, 2.3, 2.3, float("nan")])[-1] is None
+
+
+def test_a_stall_detector_resumes_where_it_was():
+    detector = StallDetector(span=20, chance=CHANCE)
+    for step in (0, 10, 20, 30):
+        detector.update(step, 2.3)
+    again = StallDetector(span=20, chance=CHANCE)
+    again.load_state_dict(detector.state_dict())
+    assert again.update(40, 2.3) == detector.update(40, 2.3) is not None
+
+
+STALLED = [
+    (
+        {"update_ratio": 10**-5.7},
+        {},
+        "a learning rate too small (lr=1e-06): each step moves the weights by 10^-5.7",
+        "lr=0.0001",
+    ),
+    ({"update_ratio": 0.5}, {}, "a learning rate too large (lr=1e-06): the loss oscillates", "lr=1e-07"),
+    ({"update_ratio": 1e-3, "spread": 0.4}, {}, "a learning rate too large", "lr=1e-07"),
+    (
+        {"update_ratio": 1e-3},
+        {"activation": "sigmoid", "norm": "none", "residual": True, "depth": 8},
+        "sigmoid units saturated",
+        "activation=relu / norm=batch",
+    ),
+    (
+        {"update_ratio": 1e-3, "attenuation": -0.5},
+        {"activation": "relu", "norm": "batch", "residual": False, "depth": 34},
+        "a plain network 34 blocks deep: deeper plain networks train worse even with healthy gradients",
+        "residual=true",
+    ),
+    (
+        {"update_ratio": 1e-3, "attenuation": -2.6},
+        {"residual": False},
+        "gradients 10^-2.6 weaker at the input",
+        "residual=true",
+    ),
+    ({"update_ratio": 1e-3}, {}, "the optimization is stuck", "lr=1e-05"),
+]
+
+
+@pytest.mark.parametrize(("signals", "config", "cause", "fix"), STALLED, ids=[s[2][:30] for s in STALLED])
+def test_a_stall_is_explained_by_what_was_measured_and_the_configuration(signals, config, cause, fix):
+    said = advise(Verdict.STALLED, config, lr=1e-6, signals=signals)
+    assert cause in said
+    assert said.endswith(f"try {fix}") or f"try {fix} /" in said, said
+    assert "vanishing" not in said

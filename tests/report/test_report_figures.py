@@ -132,7 +132,9 @@ def test_common_ground_names_what_the_group_shares_and_whether_it_is_exact(tmp_p
 def test_a_healthy_sweep_says_so(tmp_path):
     run = write_run(tmp_path / "a", ["x"], [[1.0]], 0, {"depth": 4})
     summary = sweep_summary(Sweep("s", tmp_path, ["depth"], None, "minimize", [run]))
-    assert summary == ["No run vanished, exploded or went non-finite: 1 of 1 healthy at their last measurement."]
+    assert summary == [
+        "No run vanished, exploded, went non-finite or stalled: 1 of 1 healthy at their last measurement."
+    ]
 
 
 def test_the_vendored_plotly_is_the_version_its_readme_names():
@@ -206,3 +208,20 @@ def test_the_best_run_is_a_finished_one_even_when_a_pruned_trial_logged_a_better
     (sweep,) = find(sweep_dir).sweeps
     assert [run.id for run in sweep.ranked()] == ["done", "pruned", "broken"]  # the sweep table's order
     assert sweep_summary(sweep)[-1] == "Best val/acc: 0.8 (run done: lr 0.01)."
+
+
+def test_a_stalled_run_is_summed_up_with_what_it_shares_and_the_monitors_advice(tmp_path):
+    runs = []
+    for activation in ("relu", "sigmoid"):
+        run = write_run(tmp_path / activation, ["a", "b"], [[1.0], [1.0]], 0, {"activation": activation})
+        text = (run.dir / "metrics.csv").read_text().splitlines()
+        stalled = int(activation == "sigmoid")
+        (run.dir / "metrics.csv").write_text(
+            "\n".join([text[0] + ",health/stalled", *(line + f",{stalled}" for line in text[1:])]) + "\n"
+        )
+        if stalled:
+            line = {"verdict": "stalled", "advice": "likely cause: sigmoid units saturated; try activation=relu"}
+            (run.dir / "verdicts.jsonl").write_text(json.dumps(line) + "\n")
+        runs.append(run)
+    summary = sweep_summary(Sweep("s", tmp_path, ["activation"], None, "minimize", runs))
+    assert summary[0] == ("1 of 2 runs stalled: sigmoid. Likely cause: sigmoid units saturated; try activation=relu.")

@@ -91,7 +91,7 @@ def test_without_layers_the_panels_select_their_keys_by_pattern():
 
 def test_health_counts_layers_per_verdict_and_shows_the_attenuation(workspace):
     verdicts = plot(workspace, "Health", "layers per verdict")
-    assert y_keys(verdicts) == ["health/vanishing", "health/exploding", "health/nonfinite"]
+    assert y_keys(verdicts) == ["health/vanishing", "health/exploding", "health/nonfinite", "health/stalled"]
     assert verdicts.x.name == STEP
     assert y_keys(plot(workspace, "Health", "attenuation")) == ["health/attenuation"]
 
@@ -136,6 +136,7 @@ def test_the_runs_are_the_sweep_group_best_first(workspace):
         "summary:health/vanishing",
         "summary:health/exploding",
         "summary:health/nonfinite",
+        "summary:health/stalled",
         "summary:health/attenuation",
     ]
 

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from gradwatch.errors import ConfigError
 from gradwatch.health import Finding, Verdict, advise
+from gradwatch.health.origin import NonfiniteTracer, Origin
 from gradwatch.health.tracker import GradientTracker, Report, TrackerConfig
 from gradwatch.loggers import log_histograms, log_images, log_metrics, log_wandb_bars, logging_step, run_dir
 from gradwatch.rundir import FLOW_DIR, GRAD_HIST, LAYERS_KEY, append_verdict
@@ -85,7 +86,13 @@ class GradientMonitor(Callback):
             most ``max_skips`` times in a row, then stop. ``skip``, ``stop`` and ``raise`` keep the non-finite
             gradients out of the weights; with the guard, the step's forward passes are undone in the buffers
             too (batch norm's running statistics are put back as they were before the step).
+        on_stalled: What to do when training stalls while its gradients flow (``stalled``: the training loss, still
+            far above what solves the task, stopped falling; see ``stall_window``): ``warn``, ``alert``, ``stop`` or
+            ``raise``. The chance-level loss comes from the DataModule's ``chance_loss`` when it has one.
         max_skips: Consecutive steps ``skip`` may skip.
+        stall_window: Optimizer steps per window of the ``stalled`` verdict (the mean training loss of the last window
+            against the one before; at least two measurements' worth); ``None`` never judges a stall. Not judged with
+            several optimizers (a GAN).
         nonfinite_guard: Check every step for non-finite gradients (one fused norm and one scalar copy per step,
             and with several processes one scalar all-reduce), not only logging steps. On with
             ``on_nonfinite="skip"``.
@@ -94,6 +101,13 @@ class GradientMonitor(Callback):
             ``None``: never. They are drawn only for a receiver: a logger (W&B and TensorBoard show them, and the
             PNGs go into the run folder); without any logger nothing is drawn.
         alert_interval: Seconds between two W&B alerts with the same title.
+        trace_nonfinite: When gradients first go non-finite (with the guard, or at a measured step), replay that step
+            once from its weights before the update, with hooks on every module and anomaly mode, and say where the
+            first non-finite value appeared: the module, forward or backward (under DDP, which process). The finding
+            goes into ``verdicts.jsonl`` and the report; ``nonfinite-step<N>.pt`` in the run folder holds the weights,
+            optimizer states, batch and RNG states, and ``gradwatch replay FILE`` re-runs it in a fresh process.
+            While armed it keeps a reference to the step's batch and a copy of the RNG states (5 KB) at the steps
+            it checks; finite steps cost nothing more. Sharded parameters (FSDP) are not replayed.
 
     Raises:
         ConfigError: a bad argument; the message names it and the valid values. At fit start, also watch patterns
@@ -122,10 +136,13 @@ class GradientMonitor(Callback):
         on_vanishing: str = "warn",
         on_exploding: str = "warn",
         on_nonfinite: str = "warn",
+        on_stalled: str = "warn",
         max_skips: int = 3,
+        stall_window: int | None = 40,
         nonfinite_guard: bool = False,
         flow_every_n_epochs: int | None = 10,
         alert_interval: float = 600.0,
+        trace_nonfinite: bool = True,
     ) -> None:
         if log_every_n_steps is not None and log_every_n_steps < 1:
             raise ConfigError(
@@ -150,8 +167,10 @@ class GradientMonitor(Callback):
                     Verdict.VANISHING: on_vanishing,
                     Verdict.EXPLODING: on_exploding,
                     Verdict.NONFINITE: on_nonfinite,
+                    Verdict.STALLED: on_stalled,
                 },
                 max_skips=max_skips,
+                stall_window=stall_window,
                 thresholds={
                     "vanishing_norm": vanishing_norm,
                     "max_attenuation": max_attenuation,
@@ -165,6 +184,10 @@ class GradientMonitor(Callback):
         self.log_every_n_steps = log_every_n_steps
         self.flow_every_n_epochs = flow_every_n_epochs
         self.alert_interval = alert_interval
+        self.trace_nonfinite = trace_nonfinite
+        #: Where the first non-finite value appeared, once it has been traced.
+        self.origin: Origin | None = None
+        self._tracer: NonfiniteTracer | None = None
         #: The rules and state of this fit (``None`` before it starts).
         self.tracker: GradientTracker | None = None
         #: Why the monitor stopped training, if it did.
@@ -218,7 +241,9 @@ class GradientMonitor(Callback):
         # FSDP1 wraps the LightningModule from outside: its sharding is found on the strategy's model.
         root = trainer.strategy.model if isinstance(trainer.strategy.model, torch.nn.Module) else None
         config = dataclasses.replace(self.config, every=every)
-        self.tracker = GradientTracker(pl_module, config, scaler=scaler, root=root)
+        # What a model that learned nothing scores: the DataModule knows (`ln(classes)` for its classification).
+        chance = getattr(trainer.datamodule, "chance_loss", None)
+        self.tracker = GradientTracker(pl_module, config, scaler=scaler, root=root, chance_loss=chance)
         self._flow_step = None
         for optimizer, name in zip(trainer.optimizers, _optimizer_names(pl_module, trainer.optimizers), strict=True):
             try:
@@ -235,6 +260,7 @@ class GradientMonitor(Callback):
         self._buffers = list(pl_module.buffers()) if dropping and self.config.nonfinite_guard else []
         self._saved = [b.clone() for b in self._buffers]
         self._stepped = True
+        self._tracer = NonfiniteTracer() if self.trace_nonfinite and self.origin is None else None
         if self._loaded is not None:
             self.tracker.load_state_dict(self._loaded["groups"])
             self.stopped_reason = self._loaded["stopped_reason"]
@@ -246,11 +272,22 @@ class GradientMonitor(Callback):
         if self._buffers and self._stepped:
             torch._foreach_copy_(self._saved, self._buffers)
             self._stepped = False
+        if self._tracer is not None and not self._tracer.done and self.tracker is not None:
+            # Kept only where a non-finite step can be seen: every step under the guard, else the measured ones.
+            every = self.tracker.config.every
+            due = self.config.nonfinite_guard or any(g.optimizer_steps % every == 0 for g in self.tracker.groups)
+            manual = not pl_module.automatic_optimization
+            self._tracer.batch_start(batch, idx, pl_module.device, keep=due, manual=manual)
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if self.tracker is not None:
-            self.tracker.observe(loss)
+            # Lightning divides the loss by the batches it accumulates before the backward pass: undone for the
+            # stall verdict, which compares it with the chance-level loss.
+            automatic = pl_module.automatic_optimization
+            self.tracker.observe(loss, scale=trainer.accumulate_grad_batches if automatic else 1)
+        if self._tracer is not None:
+            self._tracer.backward()
 
     @override
     def on_before_optimizer_step(
@@ -273,6 +310,8 @@ class GradientMonitor(Callback):
         elif self._flow_due(trainer):
             # Read now: Lightning frees the gradients before validation, so they are gone at the epoch's end.
             self.tracker.keep_magnitudes(optimizer)
+        if self._tracer is not None:
+            self._tracer.stepped()
 
     def _log_layer_order(self, trainer: pl.Trainer) -> None:
         """Log the layers, input → output, as the hyperparameter :data:`LAYERS_KEY` of every logger.
@@ -314,6 +353,7 @@ class GradientMonitor(Callback):
                 log.warning("gradwatch: %s", line)
                 if action.action == "alert":
                     self._alert(trainer, action.finding, line)
+        self._trace(trainer, pl_module, report)
         # Every process measures at the same steps and reaches this together; a verdict one process saw (its shard
         # of a NaN) stops them all, instead of the others waiting forever in the next collective.
         actions = set(self.config.actions.values())
@@ -329,6 +369,82 @@ class GradientMonitor(Callback):
             if stop_reason is not None or trainer.is_global_zero:
                 log.warning("gradwatch: stopping: %s", self.stopped_reason)
 
+    def _trace(self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: Report) -> None:
+        """The first non-finite step: replay it once to find where it began, and save it as a reproducer.
+
+        Every process replays its own batch, with no collective (under DDP the verdict is the same on every process,
+        and one that saw none does not wait for the others); the one that finds the origin says it, records it in
+        ``verdicts.jsonl`` and saves its reproducer. A GradScaler's calibration skips are no verdict: no replay.
+        """
+        tracer = self._tracer
+        finding = next((f for f in report.group.findings if f.verdict is Verdict.NONFINITE), None)
+        if tracer is None or tracer.done or finding is None:
+            return
+        rank = trainer.global_rank if trainer.world_size > 1 else None
+        where = f"{f'rank {rank}: ' if rank is not None else ''}step {report.step}"
+        sharded = any(g.stats is not None and g.stats.sharding.sharded for g in self.tracker.groups)
+        if sharded or not tracer.inputs:
+            tracer.done = True
+            why = "sharded parameters are not replayed" if sharded else "its batch was not kept"
+            log.warning("gradwatch: %s: not traced to where the non-finite value began: %s", where, why)
+            return
+        try:
+            self.origin, path = tracer.trace(
+                pl_module, step=report.step, rank=rank, folder=self._run_dir, **self._replay_setting(trainer, pl_module)
+            )
+        except Exception as err:  # the replay must never end the training it is about
+            log.warning("gradwatch: %s: could not replay the step to trace the non-finite value: %r", where, err)
+            return
+        saved = f" (reproducer: {path}; `gradwatch replay {path}` re-runs it)" if path is not None else ""
+        if self.origin is None:
+            if rank is None or trainer.is_global_zero:  # under DDP, likely another process's batch made it
+                mine = " of this process's batch" if rank is not None else ""
+                elsewhere = "made elsewhere (a hook or callback writing gradients) or does not reproduce"
+                log.warning("gradwatch: %s: the replay%s found every value finite: %s%s", where, mine, elsewhere, saved)
+            return
+        log.warning("gradwatch: %s%s", self.origin.line, saved)
+        if self._run_dir is not None:
+            entry = {
+                "step": report.step,
+                "verdict": finding.verdict.value,
+                "network": report.group.name,
+                "layers": [self.origin.module] if self.origin.module else [],
+                "line": self.origin.line,
+                "advice": self._advice(trainer, pl_module, report, finding),
+                "origin": self.origin.to_dict(),
+                "reproducer": str(path) if path is not None else None,
+            }
+            append_verdict(self._run_dir, entry)
+
+    def _replay_setting(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """What :meth:`NonfiniteTracer.trace` needs of the Trainer to replay the current step as it ran."""
+        manual = not pl_module.automatic_optimization
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        loop = trainer.fit_loop.epoch_loop
+        return {
+            "optimizers": trainer.optimizers,
+            "schedulers": [config.scheduler for config in trainer.lr_scheduler_configs],
+            "manual": manual,
+            "context": trainer.precision_plugin.train_step_context,
+            # Under skip / stop / raise the buffers before the step's forward passes are kept: the replay starts there.
+            "buffers_before": self._saved if self._buffers else None,
+            # Inside `toggled_optimizer` (manual optimization) Lightning froze the other optimizers' parameters.
+            "toggled": getattr(pl_module, "_param_requires_grad_state", None),
+            "trainer": {
+                "global_step": trainer.global_step,
+                "current_epoch": trainer.current_epoch,
+                "total_batch_idx": loop.total_batch_idx,
+                "batch_idx": loop.batch_idx,
+                "global_rank": trainer.global_rank,
+                "world_size": trainer.world_size,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            },
+            "precision": str(trainer.precision),
+            # Automatic optimization divides the loss by the accumulation before the scaler multiplies it.
+            "loss_scale": scale if manual else scale / trainer.accumulate_grad_batches,
+        }
+
     def _advice(self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: Report, finding: Finding) -> str:
         group = report.group
         assert group.optimizer is not None
@@ -340,6 +456,7 @@ class GradientMonitor(Callback):
             clipping=bool(trainer.gradient_clip_val),
             precision=str(trainer.precision),
             updates=report.updates,
+            signals=_stall_signals(report) if finding.verdict is Verdict.STALLED else None,
         )
 
     def _record(self, trainer: pl.Trainer, report: Report, finding: Finding, line: str, advice: str) -> None:
@@ -425,6 +542,20 @@ class GradientMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Checkpoints are restored before `on_fit_start` creates the tracker; it picks this up there.
         self._loaded = state_dict
+
+
+def _stall_signals(report: Report) -> dict[str, float]:
+    """What the advice on a stall reads: the median update ratio, the attenuation, the recent losses' spread."""
+    m, signals = report.measurement, {}
+    ratio = m.update_ratio
+    if ratio is not None and np.isfinite(ratio[m.measured]).any():
+        signals["update_ratio"] = float(np.nanmedian(np.where(np.isfinite(ratio), ratio, np.nan)[m.measured]))
+    if m.attenuation is not None:
+        signals["attenuation"] = m.attenuation
+    spread = report.group.stall.spread if report.group.stall is not None else None
+    if spread is not None:
+        signals["spread"] = spread
+    return signals
 
 
 def _drop_gradients(optimizer: torch.optim.Optimizer) -> None:

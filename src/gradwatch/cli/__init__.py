@@ -3,7 +3,7 @@
 - ``fit`` / ``validate`` / ``test`` / ``predict``: LightningCLI (:mod:`gradwatch.cli.fit`);
 - ``sweep run|agent`` (:mod:`gradwatch.cli.sweep`, with the parameter check against ``fit``'s parser in
   :mod:`gradwatch.cli.check`), ``report`` (:mod:`gradwatch.cli.report`), ``dashboard``
-  (:mod:`gradwatch.cli.dashboard`).
+  (:mod:`gradwatch.cli.dashboard`), ``replay`` (:mod:`gradwatch.cli.replay`).
 
 ``sweep``, ``report`` and ``dashboard`` never import Lightning: dispatching here lets ``gradwatch sweep`` reject a
 bad file in a fraction of a second, keeps the controller's own start-up short, and lets ``gradwatch report`` run
@@ -27,6 +27,7 @@ COMMANDS = {
     "sweep": "run a W&B sweep file: `sweep run FILE` (online, or locally on Optuna), `sweep agent ID`",
     "report": "write one self-contained HTML page of gradient health for runs and local sweeps",
     "dashboard": "build a W&B workspace of gradient health and save it (or write its spec with --dry-run)",
+    "replay": "re-run the step a run's gradients first went non-finite at (nonfinite-step<N>.pt) and say where",
 }
 
 
@@ -65,6 +66,10 @@ def main(args: list[str] | None = None) -> None:
         from gradwatch.cli.dashboard import main as dashboard_main
 
         return dashboard_main(argv[1:])
+    if argv[0] == "replay":
+        from gradwatch.cli.replay import main as replay_main
+
+        return replay_main(argv[1:])
     from gradwatch.cli.fit import main as lightning_main
 
     return lightning_main(args)

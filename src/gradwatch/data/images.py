@@ -122,6 +122,11 @@ class ImageDataModule(SplitDataModule):
     #: Whether a mirrored image keeps its label (not for digits): presets flip only when it does.
     mirror: bool = True
 
+    @property
+    def chance_loss(self) -> float:
+        """The cross-entropy of a model that learned nothing, ``ln(num_classes)`` (the ``stalled`` verdict's scale)."""
+        return math.log(self.num_classes)
+
     def __init__(
         self,
         image_size: int | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -38,6 +39,14 @@ class SequenceDataModule(SplitDataModule):
     num_outputs: int
     task: Task
     output_steps: int = 1
+
+    @property
+    def chance_loss(self) -> float | None:
+        """The loss of a model that learned nothing (the ``stalled`` verdict's scale).
+
+        ``ln(num_outputs)`` for a classification; a regression says its own (its targets' variance), else ``None``.
+        """
+        return math.log(self.num_outputs) if self.task == "classification" else None
 
 
 class GeneratedSequenceDataModule(SequenceDataModule):
@@ -105,6 +114,8 @@ class AddingProblemDataModule(GeneratedSequenceDataModule):
     input_size = 2
     num_outputs = 1
     task: Literal["regression"] = "regression"
+    #: The MSE of always answering the mean: the variance of the sum of two U(0, 1) values, 1/6.
+    chance_loss = 1 / 6
 
     def __init__(self, seq_len: int = 50, **kwargs: Any) -> None:
         if seq_len < 2:

@@ -7,7 +7,7 @@ objects work in a plain PyTorch loop.
 from gradwatch.health.advice import advise
 from gradwatch.health.layers import Layer, find_layers, forward_order
 from gradwatch.health.stats import GradientStatistics, Measurement
-from gradwatch.health.verdicts import Finding, HealthDetector, Verdict
+from gradwatch.health.verdicts import Finding, HealthDetector, StallDetector, Verdict
 
 __all__ = [
     "Finding",
@@ -15,6 +15,7 @@ __all__ = [
     "HealthDetector",
     "Layer",
     "Measurement",
+    "StallDetector",
     "Verdict",
     "advise",
     "find_layers",

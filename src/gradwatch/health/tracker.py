@@ -29,7 +29,7 @@ from gradwatch.errors import ConfigError, unknown_choice
 from gradwatch.health.distributed import Sharding, check_measurable, unsharded_aliases
 from gradwatch.health.layers import check_patterns, find_layers, forward_order
 from gradwatch.health.stats import GradientStatistics, Measurement
-from gradwatch.health.verdicts import Finding, HealthDetector, Verdict
+from gradwatch.health.verdicts import Finding, HealthDetector, StallDetector, Verdict
 from gradwatch.rundir import (
     ATTENUATION,
     CLIP_NORM,
@@ -69,6 +69,10 @@ class TrackerConfig:
         actions: Verdict → ``warn``, ``alert``, ``stop``, ``raise`` (or ``skip`` for non-finite gradients).
         max_skips: Consecutive steps ``skip`` may skip before it stops.
         thresholds: :class:`~gradwatch.health.HealthDetector`'s keyword arguments.
+        stall_window: Optimizer steps per window of the ``stalled`` verdict (:class:`~gradwatch.health.StallDetector`:
+            the mean training loss compared window to window), at least two measurements' worth (``2 * every``);
+            ``None`` never judges a stall. Judged only for a model with one optimizer: adversarial losses (a GAN's)
+            do not fall as training progresses.
 
     Raises:
         ConfigError: a bad value; ``param`` names the argument.
@@ -84,9 +88,11 @@ class TrackerConfig:
     actions: Mapping[Verdict, str] = field(default_factory=lambda: dict.fromkeys(Verdict, "warn"))
     max_skips: int = 3
     thresholds: Mapping[str, Any] = field(default_factory=dict)
+    stall_window: int | None = 40
 
     def __post_init__(self) -> None:
-        for param, value in {"every": self.every, "group_depth": self.group_depth}.items():
+        counts = {"every": self.every, "group_depth": self.group_depth, "stall_window": self.stall_window}
+        for param, value in counts.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{param} must be an int >= 1, got {value!r}", param=param)
         if self.max_skips < 0:
@@ -187,6 +193,9 @@ class TrackedGroup:
     found_inf: list[torch.Tensor] = field(default_factory=list)
     reorder: bool = False
     layout_changed: bool = False
+    stall: StallDetector | None = None
+    loss_sum: torch.Tensor | None = None
+    loss_count: int = 0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -227,6 +236,7 @@ class TrackedGroup:
             "measured": self.measured,
             "clipped": self.clipped,
             "skips": self.skips,
+            **({"stall": self.stall.state_dict()} if self.stall is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -241,6 +251,8 @@ class TrackedGroup:
         self.history = {name: list(column) for name, column in history.items()}
         self.order = list(state.get("order") or state.get("names") or self.history)
         self.measured, self.clipped, self.skips = state["measured"], state["clipped"], state["skips"]
+        if self.stall is not None and "stall" in state:
+            self.stall.load_state_dict(state["stall"])
         # Older checkpoints counted the trainer's logged steps, which equal the optimizer's own under automatic
         # optimization: the next step after the last measured one.
         self.optimizer_steps = state.get("optimizer_steps", self.steps[-1] + 1 if self.steps else 0)
@@ -270,6 +282,8 @@ class GradientTracker:
             gradients are a verdict only once its scale has fallen to 1 or below (it can do no more).
         root: The outermost module training runs, when a wrapper holds ``model`` from outside (Lightning's
             ``trainer.strategy.model`` under FSDP1): where FSDP1's sharding is looked up. ``model`` by default.
+        chance_loss: The training loss of a model that learned nothing (``ln(classes)`` for cross-entropy), which
+            the ``stalled`` verdict measures progress against; without it, against the first loss.
 
     Example::
 
@@ -297,8 +311,10 @@ class GradientTracker:
         *,
         scaler: Any = None,
         root: nn.Module | None = None,
+        chance_loss: float | None = None,
     ) -> None:
         self.model = model
+        self.chance_loss = chance_loss
         self.config = config or TrackerConfig()
         self.scaler = scaler
         self.root = root if root is not None else model
@@ -307,6 +323,9 @@ class GradientTracker:
         # Parameters whose place in the forward order is unknown, and the graphs read without finding them.
         self._wanted: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
         self._misses: dict[int, int] = {}
+        # The losses observed since the last optimizer step, summed on the device (no sync): that step's.
+        self._loss: torch.Tensor | None = None
+        self._losses = 0
 
     @property
     def groups(self) -> list[TrackedGroup]:
@@ -330,6 +349,10 @@ class GradientTracker:
         Sharding.of(params, self.root)  # a layout that cannot be measured whole fails here, before training
         group = TrackedGroup(name, HealthDetector(**self.config.thresholds), optimizer=optimizer)
         self._groups[id(optimizer)] = group
+        window = self.config.stall_window
+        for each in self._groups.values():  # a second optimizer: a game (a GAN), whose losses need not fall
+            span = max(window or 0, 2 * self.config.every)
+            each.stall = StallDetector(span, chance=self.chance_loss) if window and len(self._groups) == 1 else None
         return group
 
     def layers_of(self, optimizer: torch.optim.Optimizer) -> list[Any]:
@@ -342,16 +365,25 @@ class GradientTracker:
             self.model, params, include=c.include, exclude=c.exclude, group_depth=c.group_depth, order=self._order
         )
 
-    def observe(self, loss: torch.Tensor) -> None:
-        """Read the forward order off ``loss``'s graph while a trainable parameter's place in it is unknown.
+    def observe(self, loss: torch.Tensor, *, scale: float = 1.0) -> None:
+        """Keep ``loss`` for the ``stalled`` verdict; read the forward order off its graph while needed.
 
-        That is the first passes, and the first pass after a layer is unfrozen; otherwise nothing but a check of
-        those parameters.
+        The loss is added on its device (no sync) and read at the next measurement, in its one transfer. The graph
+        is read while a trainable parameter's place in it is unknown: the first passes, and the first pass after a
+        layer is unfrozen; otherwise nothing but a check of those parameters.
+
+        Args:
+            loss: The loss about to be backpropagated.
+            scale: What makes it the batch's loss again (Lightning divides it by ``accumulate_grad_batches``).
 
         Each graph read replaces what earlier ones said of the parameters it holds, so the layers of a group are
         ordered by one pass. A trainable parameter that :data:`MISS_LIMIT` graphs in a row did not use is taken
         for unused and no longer looked for.
         """
+        if self.config.stall_window and len(self._groups) == 1:
+            value = loss.detach().float() * scale
+            self._loss = value if self._loss is None else self._loss + value
+            self._losses += 1
         live = [key for key, p in self._wanted.items() if p.requires_grad]
         if not live:
             return
@@ -387,6 +419,10 @@ class GradientTracker:
             return None
         own = group.optimizer_steps
         group.optimizer_steps += 1
+        if group.stall is not None and self._loss is not None:  # the losses observed since the last step are its
+            group.loss_sum = self._loss if group.loss_sum is None else group.loss_sum + self._loss
+            group.loss_count += self._losses
+        self._loss, self._losses = None, 0
         if self.scaler is not None:
             group.found_inf.extend(_found_inf(self.scaler, optimizer))
         every = self.config.every
@@ -441,7 +477,11 @@ class GradientTracker:
         assert group.stats is not None
         found_inf, group.found_inf = group.found_inf, []
         extra = [torch.stack([f.float().reshape(()) for f in found_inf]).sum()] if found_inf else []
+        if group.loss_sum is not None:  # the mean training loss since the last measurement, in the same transfer
+            extra.append(group.loss_sum / max(group.loss_count, 1))
         m = group.stats.measure(extra)
+        mean_loss = m.extra[-1] if group.loss_sum is not None else None
+        group.loss_sum, group.loss_count = None, 0
         findings = group.detector.update(m)
         group.measured += 1
         group.record(step, m)
@@ -454,6 +494,10 @@ class GradientTracker:
         verdicts = {f.verdict for f in findings}
         if Verdict.NONFINITE in verdicts and self._scaler_calibrating():
             verdicts.discard(Verdict.NONFINITE)  # the scaler skips this step and lowers its scale: its normal work
+        stalled = group.stall.update(own, mean_loss) if group.stall is not None and mean_loss is not None else None
+        if stalled is not None and not verdicts:  # a stall while gradients flow; else the gradients explain it
+            findings.append(Finding(Verdict.STALLED, (), stalled, len(m.names)))  # the network, not some layers
+            verdicts.add(Verdict.STALLED)
         group.findings = [f for f in findings if f.verdict in verdicts]
         new, group.active = verdicts - group.active, verdicts
         if Verdict.NONFINITE not in verdicts:
@@ -517,8 +561,8 @@ class GradientTracker:
         if report.scaler_skips is not None:
             metrics[SCALER_SKIPS + suffix] = report.scaler_skips
         findings = self.findings
-        for verdict in Verdict:
-            metrics[verdict_key(verdict.value)] = sum(len(f.layers) for f in findings if f.verdict is verdict)
+        for verdict in Verdict:  # layers named; a stall names the network: 1 while it stands
+            metrics[verdict_key(verdict.value)] = sum(len(f.layers) or 1 for f in findings if f.verdict is verdict)
         return {key: float(value) for key, value in metrics.items()}
 
     def state_dict(self) -> dict[str, Any]:

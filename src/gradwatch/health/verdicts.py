@@ -1,8 +1,11 @@
-"""Verdicts on gradient health: vanishing, exploding, non-finite, each naming its layers."""
+"""Verdicts on gradient health: vanishing, exploding, non-finite, each naming its layers; and stalled training.
+
+``stalled`` is training whose loss stopped falling while its gradients flow (no other verdict stands).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -17,6 +20,7 @@ class Verdict(str, Enum):
     VANISHING = "vanishing"
     EXPLODING = "exploding"
     NONFINITE = "nonfinite"
+    STALLED = "stalled"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Finding:
 
     def describe(self, shown: int = 4) -> str:
         """One line: the verdict, how many layers and which (the first ``shown``), and the evidence."""
+        if self.verdict is Verdict.STALLED:  # the whole network: its layers need no naming
+            return f"training stalled: {self.evidence}"
         names = ", ".join(self.layers[:shown]) + (
             f", … +{len(self.layers) - shown}" if len(self.layers) > shown else ""
         )
@@ -168,3 +174,82 @@ class HealthDetector:
         """Restore :meth:`state_dict`'s output."""
         self.vanishing_streak = int(state["vanishing_streak"])
         self.last_total = state["last_total"]
+
+
+@dataclass
+class StallDetector:
+    """Calls ``stalled`` when the training loss stops falling while it is still far from solved.
+
+    Fed the mean training loss between two measurements and the optimizer step it was measured at (:meth:`update`),
+    it compares the mean loss of the last ``span`` steps with that of the ``span`` steps before. Training has stalled
+    when
+
+    - the loss fell by less than ``min_drop`` of its scale from one span to the next (the scale: the chance-level
+      loss when known, else the first loss), and
+    - it is still high: over ``1 - solved`` of the scale;
+
+    so a run that converged and flattens out never stalls, and a slow start that then learns stops standing once
+    the loss falls. Nothing is judged before two spans of steps were seen. Gradient verdicts take precedence: the
+    tracker asks only while none stands.
+
+    Args:
+        span: Optimizer steps per window.
+        min_drop: The fall, as a fraction of the scale, that counts as progress from one window to the next.
+        solved: The fraction of the scale a run must have shed not to count as stuck.
+        chance: The loss of a model that learned nothing (``ln(classes)`` for cross-entropy), if known.
+
+    Example::
+
+        >>> detector = StallDetector(span=20, chance=2.3026)
+        >>> [detector.update(step, loss) for step, loss in ((0, 2.4), (10, 2.31), (20, 2.30), (30, 2.30), (40, 2.29))]
+        [None, None, None, None, 'loss 2.295 (chance 2.303): down 0.01 over the last 20 steps']
+    """
+
+    span: int = 40
+    min_drop: float = 0.1
+    solved: float = 0.5
+    chance: float | None = None
+    start: tuple[int, float] | None = None
+    points: list[tuple[int, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.span < 1:
+            raise ValueError(f"stall_window must be >= 1, got {self.span}")
+
+    def update(self, step: int, loss: float) -> str | None:
+        """Add the mean training loss measured at ``step``; the evidence of a stall (in words), or ``None``."""
+        if not np.isfinite(loss):
+            return None  # a non-finite loss is the non-finite verdict's business
+        self.start = (step, float(loss)) if self.start is None else self.start
+        self.points = [(s, v) for s, v in self.points if s > step - 2 * self.span] + [(step, float(loss))]
+        earlier, recent = self._windows()
+        if self.start[0] > step - 2 * self.span or not earlier or not recent:
+            return None
+        before, now = float(np.mean(earlier)), float(np.mean(recent))
+        scale = self.chance if self.chance else abs(self.start[1])
+        if before - now >= self.min_drop * scale or now <= (1 - self.solved) * scale:
+            return None
+        against = f" (chance {self.chance:.4g})" if self.chance else f" (first {self.start[1]:.4g})"
+        return f"loss {now:.4g}{against}: down {before - now:.2g} over the last {self.span} steps"
+
+    def _windows(self) -> tuple[list[float], list[float]]:
+        last = self.points[-1][0]
+        earlier = [v for s, v in self.points if s <= last - self.span]
+        return earlier, [v for s, v in self.points if s > last - self.span]
+
+    @property
+    def spread(self) -> float | None:
+        """The last window's losses: standard deviation over mean (large for an oscillating loss)."""
+        recent = self._windows()[1] if self.points else []
+        mean = float(np.mean(recent)) if len(recent) > 1 else 0.0
+        return float(np.std(recent)) / mean if mean > 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to carry on."""
+        return {"start": self.start, "points": list(self.points)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        start = state.get("start")
+        self.start = tuple(start) if start is not None else None  # type: ignore[assignment]
+        self.points = [tuple(point) for point in state.get("points", [])]  # type: ignore[misc]

@@ -42,7 +42,7 @@ from gradwatch.rundir import (
 HEATMAP_COLUMNS = 200
 GRID_COLUMNS = 60
 #: Colours of verdicts, where they are marked.
-VERDICT_COLOURS = dict(zip(VERDICTS, ("#3b6fb6", "#d9534f", "#8e44ad"), strict=True))
+VERDICT_COLOURS = dict(zip(VERDICTS, ("#3b6fb6", "#d9534f", "#8e44ad", "#b8860b"), strict=True))
 #: How many values a parameter may take and still be a row or column of the sweep's grid.
 MAX_FACET_VALUES = 8
 

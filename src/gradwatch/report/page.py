@@ -250,6 +250,7 @@ def _run_section(page: _Page, run: Run, anchor: str, *, sweep: Sweep | None, ope
         f'<p class="advice {escape(verdict)}"><b>{escape(verdict)}</b>: {escape(said)}</p>'
         for verdict, said in run.advice().items()
     )
+    where += "".join(f'<p class="advice nonfinite"><b>origin</b>: {escape(line)}</p>' for line in run.origins())
     body += _samples(run)
     return (
         f'<details class="gw-run" id="{anchor}" data-run="{escape(run.id)}"{" open" if open_ else ""}>'

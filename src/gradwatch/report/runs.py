@@ -149,6 +149,14 @@ class Run:
         said = {entry["verdict"]: entry["advice"] for entry in read_verdicts(self.dir)}
         return {verdict: said[verdict] for verdict in self.verdicts() if said.get(verdict)}
 
+    def origins(self) -> list[str]:
+        """Where the run's first non-finite values appeared (``verdicts.jsonl`` lines with an ``origin``).
+
+        Shown whether or not the verdict still stands: under ``on_nonfinite="skip"`` a run recovers, and the origin
+        is what there is to fix.
+        """
+        return [e["line"] for e in read_verdicts(self.dir) if e.get("origin") and isinstance(e.get("line"), str)]
+
 
 @dataclass
 class Sweep:

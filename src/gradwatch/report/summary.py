@@ -14,7 +14,7 @@ from gradwatch.report.format import format_value, is_number, short
 from gradwatch.report.runs import Run, Sweep
 from gradwatch.rundir import VERDICTS
 
-_PAST = {"vanishing": "vanished", "exploding": "exploded", "nonfinite": "went non-finite"}
+_PAST = {"vanishing": "vanished", "exploding": "exploded", "nonfinite": "went non-finite", "stalled": "stalled"}
 
 
 def _plural(count: int, word: str) -> str:
@@ -88,7 +88,7 @@ def sweep_summary(sweep: Sweep) -> list[str]:
         lines.append(line + "." + _sentence(said))
     if not flagged_any:
         lines.append(
-            f"No run vanished, exploded or went non-finite: {len(measured)} of {total} healthy at their last"
+            f"No run vanished, exploded, went non-finite or stalled: {len(measured)} of {total} healthy at their last"
             " measurement."
         )
     elif len(measured) < total:
