@@ -373,6 +373,11 @@ def test_fp16_scaler_calibration_is_counted_not_called_nonfinite(tmp_path, caplo
     assert set(column(rows, "health/nonfinite")) == {0}
     assert monitor.stopped_reason is None
     assert "non-finite" not in caplog.text
+    # The stall verdict reads the loss the model computed, not the one the scaler multiplied (by up to 2^24).
+    (group,) = monitor.tracker.groups
+    losses = [loss for _, loss in group.stall.points]
+    assert losses
+    assert all(0.5 < loss < 3.0 for loss in losses), losses  # a 4-class cross-entropy near ln 4 = 1.39
 
 
 class NaNData(pl.Callback):

@@ -282,10 +282,15 @@ class GradientMonitor(Callback):
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if self.tracker is not None:
-            # Lightning divides the loss by the batches it accumulates before the backward pass: undone for the
-            # stall verdict, which compares it with the chance-level loss.
+            # The stall verdict compares the loss with the chance-level loss: undo what Lightning did to it before
+            # this hook, divided by the batches it accumulates and, in fp16, multiplied by the GradScaler's scale
+            # (its scale tensor, read on the device: no sync).
             automatic = pl_module.automatic_optimization
-            self.tracker.observe(loss, scale=trainer.accumulate_grad_batches if automatic else 1)
+            scale: float | torch.Tensor = trainer.accumulate_grad_batches if automatic else 1
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            if scaler is not None and scaler.is_enabled() and getattr(scaler, "_scale", None) is not None:
+                scale = scale / scaler._scale
+            self.tracker.observe(loss, scale=scale)
         if self._tracer is not None:
             self._tracer.backward()
 

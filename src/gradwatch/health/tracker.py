@@ -365,7 +365,7 @@ class GradientTracker:
             self.model, params, include=c.include, exclude=c.exclude, group_depth=c.group_depth, order=self._order
         )
 
-    def observe(self, loss: torch.Tensor, *, scale: float = 1.0) -> None:
+    def observe(self, loss: torch.Tensor, *, scale: float | torch.Tensor = 1.0) -> None:
         """Keep ``loss`` for the ``stalled`` verdict; read the forward order off its graph while needed.
 
         The loss is added on its device (no sync) and read at the next measurement, in its one transfer. The graph
@@ -374,7 +374,8 @@ class GradientTracker:
 
         Args:
             loss: The loss about to be backpropagated.
-            scale: What makes it the batch's loss again (Lightning divides it by ``accumulate_grad_batches``).
+            scale: What makes it the batch's loss again (Lightning divides it by ``accumulate_grad_batches`` and,
+                in fp16, multiplies it by the GradScaler's scale); a tensor on the loss's device is not read.
 
         Each graph read replaces what earlier ones said of the parameters it holds, so the layers of a group are
         ordered by one pass. A trainable parameter that :data:`MISS_LIMIT` graphs in a row did not use is taken
