@@ -129,6 +129,9 @@ def test_hyperband_stops_a_vanishing_trial_early_and_keeps_its_run(tmp_path):
                  *TINY_CNN, "${args}"],
     )  # fmt: skip
     out = finish(sweep_cli("run", str(path), "--local", "--dir", "out", cwd=tmp_path))
+    # Both trials forked from the warm worker, which imported while the file was checked: the check's own imports
+    # (Lightning sets KMP_DUPLICATE_LIB_OK) did not leak into the trials' environment and start them fresh.
+    assert "fresh process" not in out
     by_activation = {r["params"]["model.activation"]: r for r in results(tmp_path / "out")}
     assert by_activation["relu"]["state"] == "finished", out
     bad = by_activation["sigmoid"]

@@ -150,3 +150,49 @@ def test_the_status_line_counts_trials_and_says_the_best_and_the_time_left():
     assert describe(later, "val/acc") == (
         "4/8 done · 2 running · 1 on other machines · 1 queued · best val/acc 0.9852 (#4) · 1:02:05, ETA 2:04:10"
     )
+
+
+def warm_servers_of(pid: int) -> list[str]:
+    """The command lines of warm workers started by process ``pid`` that are still alive."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone
+            continue
+        line = b" ".join(words).decode(errors="replace")
+        if "gradwatch.sweep.warm" in line and f"--parent {pid} " in line + " ":
+            found.append(line)
+    return found
+
+
+@pytest.mark.slow
+def test_a_refused_file_stops_the_warm_worker_started_beside_the_check(tmp_path):
+    path = write(tmp_path, parameters={"model.activaton": {"values": ["relu", "tanh"]}})
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_SERVICE", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradwatch", "sweep", "run", str(path), "--local", "--dir", "out"], cwd=tmp_path,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err
+    assert "gradwatch fit has no option --model.activaton" in err
+    assert warm_servers_of(process.pid) == []  # killed, not left importing torch for nobody
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_warm_worker_imports_while_the_file_is_checked_and_is_killed_when_nothing_runs(tmp_path):
+    import signal
+
+    from gradwatch.cli.sweep import _warm_workers
+    from gradwatch.sweep.spec import load_sweep
+
+    with _warm_workers(load_sweep(write(tmp_path)), dict(os.environ)) as workers:
+        server = workers.server
+        assert server is not None  # started at once, before the check
+        assert server.poll() is None
+    assert server.returncode == -signal.SIGKILL  # not waited for: its imports would take seconds
+    user_program = write(tmp_path, command=["${env}", "${interpreter}", "train.py", "${args}"])
+    with _warm_workers(load_sweep(user_program), dict(os.environ)) as workers:
+        assert workers is None  # a command it would not serve starts no worker

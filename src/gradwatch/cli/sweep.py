@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ from gradwatch.sweep.spec import MAX_GRID, SweepError, SweepSpec, load_sweep
 
 if TYPE_CHECKING:
     from gradwatch.sweep.results import TrialResult
+    from gradwatch.sweep.warm import WarmWorkers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +90,8 @@ def main(argv: list[str]) -> None:
 
 
 def _run(spec: SweepSpec, args: argparse.Namespace) -> int:
+    # The user's environment, before the check below imports Lightning (which sets variables of its own).
+    environ = dict(os.environ)
     from gradwatch.cli.check import check_parameters
     from gradwatch.loggers import wandb_offline
 
@@ -95,13 +100,35 @@ def _run(spec: SweepSpec, args: argparse.Namespace) -> int:
         spec.check_local(args.max_grid)
         if not (args.local or args.storage):
             print("gradwatch sweep: W&B is offline (no login, or WANDB_MODE=offline): running locally on Optuna")
-    print(f"gradwatch sweep: checking {spec.path} against gradwatch fit ...", flush=True)
-    note = check_parameters(spec)
-    if note:
-        print(f"gradwatch sweep: {note}", flush=True)
-    if not local:
-        return _run_online(spec, args)
-    return _run_local(spec, args)
+    # The warm worker's imports (seconds) run while the file is checked; a refused file stops it with this process.
+    with _warm_workers(spec, environ) if local and not args.cold else contextlib.nullcontext() as warm:
+        print(f"gradwatch sweep: checking {spec.path} against gradwatch fit ...", flush=True)
+        note = check_parameters(spec)
+        if note:
+            print(f"gradwatch sweep: {note}", flush=True)
+        if not local:
+            return _run_online(spec, args)
+        return _run_local(spec, args, warm if warm is not None else not args.cold, environ)
+
+
+@contextlib.contextmanager
+def _warm_workers(spec: SweepSpec, environ: dict[str, str]) -> Iterator[WarmWorkers | None]:
+    """A warm worker already importing, when the sweep's command is one it serves; closed when the block ends."""
+    from gradwatch.sweep.command import expand_command
+    from gradwatch.sweep.warm import WarmWorkers
+
+    workers = WarmWorkers(echo=lambda line: print(f"gradwatch sweep: {line}", flush=True), environ=environ)
+    # A trial finds `python` in this environment first, as the engine sets its PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", "")])
+    command = expand_command(spec.command, {}, program=spec.program)
+    if not workers.serves(command, {**environ, "PATH": path}):
+        yield None
+        return
+    workers.launch()
+    try:
+        yield workers
+    finally:  # the sweep closed it when it ran; else (a refused file, an error) it is still importing: no waiting
+        workers.close(now=True)
 
 
 def _run_online(spec: SweepSpec, args: argparse.Namespace) -> int:
@@ -114,7 +141,7 @@ def _run_online(spec: SweepSpec, args: argparse.Namespace) -> int:
     return online.run_agents(path, count=args.count, workers=args.workers)
 
 
-def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
+def _run_local(spec: SweepSpec, args: argparse.Namespace, warm: bool | WarmWorkers, environ: dict[str, str]) -> int:
     from rich.console import Console
 
     from gradwatch.cli.progress import StatusLine
@@ -132,7 +159,8 @@ def _run_local(spec: SweepSpec, args: argparse.Namespace) -> int:
         workers=args.workers,
         count=args.count,
         max_grid=args.max_grid,
-        warm=not args.cold,
+        warm=warm,
+        environ=environ,
         echo=status.echo if status is not None else lambda line: print(f"gradwatch sweep: {line}", flush=True),
         on_event=status.event if status is not None else None,
     )

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -128,7 +128,11 @@ class LocalSweep:
         on_event: Where the lines of routine events go (a trial started, finished or pruned); ``echo`` when
             ``None``. A live status line shows them in place instead of printing each.
         warm: Start trials of gradwatch's own command from a warm worker that has imported torch and Lightning
-            (:mod:`gradwatch.sweep.warm`); ``False``: every trial is a fresh process.
+            (:mod:`gradwatch.sweep.warm`), or from this one, already launched; ``False``: every trial is a fresh
+            process.
+        environ: The environment trials start from (before the engine's own variables); this process's by
+            default. A controller passes the one it was started with: what its own imports set in ``os.environ``
+            (Lightning sets ``KMP_DUPLICATE_LIB_OK``) is not the user's, and would tell trials from the warm worker.
 
     Raises:
         SweepError: before the folder is made: the file asks what the engine cannot run, its program is missing, the
@@ -148,7 +152,8 @@ class LocalSweep:
         max_grid: int = MAX_GRID,
         echo: Callable[[str], None] = print,
         on_event: Callable[[str], None] | None = None,
-        warm: bool = True,
+        warm: bool | WarmWorkers = True,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         spec.check_local(max_grid)
         if workers < 1:
@@ -182,7 +187,12 @@ class LocalSweep:
         self._waiting = False
         self._last_heartbeat = 0.0
         self._gpus = visible_gpus()
-        self._warm = WarmWorkers(echo=echo) if warm else None
+        self._environ = dict(environ if environ is not None else os.environ)
+        self._warm = (
+            warm if isinstance(warm, WarmWorkers) else WarmWorkers(echo=echo, environ=self._environ) if warm else None
+        )
+        if self._warm is not None:
+            self._warm.echo = echo
 
     def _total(self, count: int | None) -> int:
         caps = [c for c in (count, self.spec.run_cap) if c is not None]
@@ -480,7 +490,7 @@ class LocalSweep:
     def _environment(
         self, run_id: str, runs: Path, config_file: Path, slot: int, resume: Path | None
     ) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(self._environ)
         # A W&B service this controller started must not adopt the trial's run: each trial starts its own.
         env.pop("WANDB_SERVICE", None)
         # `gradwatch fit` continues the run folder this names (same run id); only a retried trial with a checkpoint.

@@ -189,6 +189,7 @@ class WarmWorkers:
         preload: Modules the server imports before it forks anything.
         programs: The programs served warm (:func:`warm_entry`).
         ready_timeout: Seconds to wait for the server's imports before trials start as plain processes.
+        environ: The environment the server starts in: the one trials start from (this process's by default).
 
     Example::
 
@@ -204,8 +205,10 @@ class WarmWorkers:
         preload: Sequence[str] = PRELOAD,
         programs: Sequence[str] = PROGRAMS,
         ready_timeout: float = READY_TIMEOUT,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.echo = echo
+        self.environ = environ
         self.preload = tuple(preload)
         self.programs = tuple(programs)
         self.ready_timeout = ready_timeout
@@ -268,6 +271,17 @@ class WarmWorkers:
         self._live[process.pid] = process
         return process
 
+    def launch(self) -> bool:
+        """Start the fork server, if it is not running, without waiting for its imports (:meth:`start` waits).
+
+        A controller calls it first thing, so the server's imports overlap its own work (checking the sweep file).
+        """
+        return self._off is None and self._launch()
+
+    def serves(self, args: Sequence[str], env: Mapping[str, str]) -> bool:
+        """Whether ``args`` run with ``env`` would be forked from the warm worker (:func:`warm_entry`)."""
+        return warm_entry(args, env, self.programs) is not None
+
     def start(self) -> bool:
         """Start the fork server, if it is not running, and wait for its imports; ``False`` when warm workers are off.
 
@@ -285,11 +299,18 @@ class WarmWorkers:
             self._pump(left)
         return self._ready
 
-    def close(self) -> None:
-        """Stop the fork server (trials still running get SIGTERM, as when the controller dies)."""
+    def close(self, *, now: bool = False) -> None:
+        """Stop the fork server (trials still running get SIGTERM, as when the controller dies).
+
+        Args:
+            now: Kill it rather than wait for it to see the closed connection, which it does only once its imports
+                are done: a controller that refuses its sweep file must not wait seconds for them.
+        """
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self.server is not None and now:
+            self.server.kill()
         if self.server is not None:
             try:
                 self.server.wait(timeout=10)
@@ -308,7 +329,7 @@ class WarmWorkers:
             self._turn_off("warm workers need Linux (fork, parent-death signals, /proc)")
             return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.server_env = dict(os.environ)
+        self.server_env = dict(self.environ if self.environ is not None else os.environ)
         # Loaded with one thread, OpenBLAS (numpy's, at the server's first import) starts no thread pool; each trial
         # gets the count of a fresh process. Albumentations' import would check online for a release, in a thread.
         env = {**self.server_env, "OPENBLAS_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
