@@ -323,9 +323,6 @@ class GradientTracker:
         # Parameters whose place in the forward order is unknown, and the graphs read without finding them.
         self._wanted: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
         self._misses: dict[int, int] = {}
-        # The losses observed since the last optimizer step, summed on the device (no sync): that step's.
-        self._loss: torch.Tensor | None = None
-        self._losses = 0
 
     @property
     def groups(self) -> list[TrackedGroup]:
@@ -381,10 +378,16 @@ class GradientTracker:
         ordered by one pass. A trainable parameter that :data:`MISS_LIMIT` graphs in a row did not use is taken
         for unused and no longer looked for.
         """
-        if self.config.stall_window and len(self._groups) == 1:
-            value = loss.detach().float() * scale
-            self._loss = value if self._loss is None else self._loss + value
-            self._losses += 1
+        # Judged for one optimizer only (see `watch`): its group sums the losses in place until it measures.
+        group = next(iter(self._groups.values())) if len(self._groups) == 1 else None
+        if group is not None and group.stall is not None:
+            value = loss.detach().float()
+            value = value * scale if isinstance(scale, torch.Tensor) or scale != 1 else value
+            if group.loss_sum is None:
+                group.loss_sum = value.clone()  # `detach` shares the loss's memory: never add into it
+            else:
+                group.loss_sum.add_(value)
+            group.loss_count += 1
         live = [key for key, p in self._wanted.items() if p.requires_grad]
         if not live:
             return
@@ -420,10 +423,6 @@ class GradientTracker:
             return None
         own = group.optimizer_steps
         group.optimizer_steps += 1
-        if group.stall is not None and self._loss is not None:  # the losses observed since the last step are its
-            group.loss_sum = self._loss if group.loss_sum is None else group.loss_sum + self._loss
-            group.loss_count += self._losses
-        self._loss, self._losses = None, 0
         if self.scaler is not None:
             group.found_inf.extend(_found_inf(self.scaler, optimizer))
         every = self.config.every
