@@ -290,14 +290,7 @@ class WarmWorkers:
         """
         if self._off is not None or not self._launch():
             return False
-        deadline = time.monotonic() + self.ready_timeout
-        while not self._ready and self._sock is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._turn_off(f"its imports took more than {self.ready_timeout:.0f} s", stop=True)
-                return False
-            self._pump(left)
-        return self._ready
+        return self._wait(lambda: self._ready, self.ready_timeout, "its imports took more than {:.0f} s")
 
     def close(self, *, now: bool = False) -> None:
         """Stop the fork server (trials still running get SIGTERM, as when the controller dies).
@@ -363,14 +356,19 @@ class WarmWorkers:
         except OSError as exc:
             self._turn_off(f"cannot reach it: {exc.strerror or exc}")
             return None
-        deadline = time.monotonic() + REPLY_TIMEOUT
-        while self._reply is None and self._sock is not None:
+        answered = self._wait(lambda: self._reply is not None, REPLY_TIMEOUT, "it did not answer within {:.0f} s")
+        return self._reply if answered else None
+
+    def _wait(self, done: Callable[[], bool], timeout: float, late: str) -> bool:
+        """Read the server's messages until ``done()``; past ``timeout`` seconds turn warm workers off (``late``)."""
+        deadline = time.monotonic() + timeout
+        while not done() and self._sock is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._turn_off(f"it did not answer within {REPLY_TIMEOUT:.0f} s", stop=True)
-                return None
+                self._turn_off(late.format(timeout), stop=True)
+                return False
             self._pump(left)
-        return self._reply
+        return done()
 
     def _signal(self, pid: int, signum: int) -> None:
         # The server sends it: the pid cannot have been reused until the server itself reaps the trial.
